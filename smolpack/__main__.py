@@ -1,0 +1,3 @@
+from smolpack.cli import main
+
+main()

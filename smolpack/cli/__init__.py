@@ -1,0 +1,80 @@
+"""The `smolpack` command line (click).
+
+Each command lives in a small module beside this one and is registered on
+`cli` below. `main` is the only place that turns errors into exit codes
+(formats/exit-codes.md): our `SmolpackError`s print one line; anything else
+is a bug and prints a short report (the traceback only with SMOLPACK_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import traceback
+
+import click
+
+from smolpack import __version__
+from smolpack.errors import SmolpackError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="smolpack")
+def cli() -> None:
+    """Pack a Linux microVM into one self-booting executable.
+
+    \b
+    Example:
+      smolpack smolfile check ./Smolfile
+      smolpack inspect tool.smolmachine
+    """
+
+
+def _register() -> None:
+    # Imported here so `smolpack.cli` stays the one entry point for every command.
+    from smolpack.cli import _payload_cmds, _smolfile_cmds
+
+    for module in (_smolfile_cmds, _payload_cmds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def _report_bug(exc: BaseException) -> None:
+    print(
+        f"smolpack {__version__} hit an internal error: {type(exc).__name__}: {exc}\n"
+        f"  platform: {platform.platform()} python {platform.python_version()}\n"
+        f"  argv: {sys.argv!r}\n"
+        "  This is a bug in smolpack; please report it with the lines above"
+        " (set SMOLPACK_DEBUG=1 for the traceback).",
+        file=sys.stderr,
+    )
+    if os.environ.get("SMOLPACK_DEBUG"):
+        traceback.print_exception(exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and exit with its code."""
+    try:
+        # standalone_mode=False returns ctx.exit()'s code instead of exiting.
+        rc = cli.main(args=argv, prog_name="smolpack", standalone_mode=False)
+    except SmolpackError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place bugs are reported
+        _report_bug(exc)
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
