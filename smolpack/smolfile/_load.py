@@ -25,6 +25,7 @@ from smolpack.smolfile._model import (
     ImageRef,
     NetworkPolicy,
     SmolConfig,
+    one_line,
 )
 
 SMOLFILE_NAME = "Smolfile"
@@ -101,12 +102,12 @@ class _Reader:
 
     def error(self, path: KeyPath, problem: str, needle: str = "") -> SmolfileError:
         line = self.locator.line_of_item(path, needle) if path else None
-        return SmolfileError(self.source_name, problem, line=line)
+        return SmolfileError(self.source_name, one_line(problem), line=line)
 
     def warn(self, path: KeyPath, text: str) -> None:
         line = self.line(path) if path else None
         where = f"{self.source_name}:{line}" if line is not None else self.source_name
-        self._warnings.append((line or 0, f"{where}: warning: {text}"))
+        self._warnings.append((line or 0, f"{where}: warning: {one_line(text)}"))
 
     @property
     def warnings(self) -> tuple[str, ...]:

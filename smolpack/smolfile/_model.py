@@ -160,6 +160,13 @@ class SmolConfig:
         }
 
 
+def one_line(text: str) -> str:
+    """Escape control characters so a message quoting user input stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def require_local_image(config: SmolConfig) -> ImageRef:
     """The config's image if it is local; raise the one-line refusal otherwise.
 
@@ -176,7 +183,8 @@ def require_local_image(config: SmolConfig) -> ImageRef:
     if image.is_registry_ref:
         where = f"{config.source_name}:{image.line}" if image.line else config.source_name
         raise ImageError(
-            f"{where}: image '{image.raw}' is a registry reference; pulling is not supported"
-            " yet, use a local rootfs directory, tarball, OCI layout or docker archive"
+            f"{where}: image '{one_line(image.raw)}' is a registry reference; pulling is"
+            " not supported yet, use a local rootfs directory, tarball, OCI layout or"
+            " docker archive"
         )
     return image

@@ -63,6 +63,22 @@ def _looks_like_path(raw: str) -> bool:
     )
 
 
+def _resolve(text: str, base_dir: Path, label: str, needle: str) -> tuple[Path, str | None]:
+    """(absolute path, "dir" | "file" | "other" | None if missing) without raising OS errors.
+
+    `Path.exists()` raises for a NUL byte or a too-long name (ENAMETOOLONG); both
+    are user input here and must become one-line errors, not tracebacks.
+    """
+    try:
+        path = (base_dir / os.path.expanduser(text)).resolve()
+        if not path.exists():
+            return path, None
+        return path, "dir" if path.is_dir() else "file" if path.is_file() else "other"
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueProblem(f"{label} '{text}' cannot be used ({reason})", needle) from None
+
+
 def parse_image(raw: str, base_dir: Path, line: int | None) -> ImageRef:
     """Classify `image` as a local path or a registry reference.
 
@@ -74,15 +90,14 @@ def parse_image(raw: str, base_dir: Path, line: int | None) -> ImageRef:
     """
     if not raw or raw != raw.strip():
         raise ValueProblem("image must be a non-empty string without surrounding spaces")
-    path = (base_dir / os.path.expanduser(raw)).resolve()
-    if path.exists():
-        if path.is_dir():
-            kind = KIND_OCI_LAYOUT if (path / "oci-layout").is_file() else KIND_ROOTFS_DIR
-        elif path.is_file():
-            kind = KIND_ARCHIVE
-        else:
-            raise ValueProblem(f"image path {path} is neither a directory nor a regular file")
+    path, found = _resolve(raw, base_dir, "image path", raw)
+    if found == "dir":
+        kind = KIND_OCI_LAYOUT if (path / "oci-layout").is_file() else KIND_ROOTFS_DIR
         return ImageRef(raw=raw, kind=kind, path=path, line=line)
+    if found == "file":
+        return ImageRef(raw=raw, kind=KIND_ARCHIVE, path=path, line=line)
+    if found == "other":
+        raise ValueProblem(f"image path {path} is neither a directory nor a regular file")
     if _looks_like_path(raw):
         raise ValueProblem(f"image path {path} does not exist")
     if _REFERENCE.fullmatch(raw):
@@ -166,10 +181,10 @@ def parse_volume(spec: str, base_dir: Path) -> Volume:
         raise ValueProblem(f"volumes entry '{spec}' has an empty host path", spec)
     if not guest.startswith("/"):
         raise ValueProblem(f"volumes entry '{spec}': guest path '{guest}' must be absolute", spec)
-    host = (base_dir / os.path.expanduser(host_text)).resolve()
-    if not host.exists():
+    host, found = _resolve(host_text, base_dir, f"volumes entry '{spec}': host path", spec)
+    if found is None:
         raise ValueProblem(f"volumes entry '{spec}': host path {host} does not exist", spec)
-    if not host.is_dir():
+    if found != "dir":
         raise ValueProblem(f"volumes entry '{spec}': host path {host} is not a directory", spec)
     return Volume(host_path=host, guest_path=guest, read_only=read_only)
 
