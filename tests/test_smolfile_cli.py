@@ -123,3 +123,17 @@ def test_example_hello_is_valid_once_its_rootfs_exists(
     data = json.loads(out)
     assert data["image"]["kind"] == "rootfs-dir"
     assert data["entrypoint"] == ["/bin/sh", "-c"] and data["init"]
+
+
+def test_reference_example_in_formats_loads(tmp_path: Path) -> None:
+    from smolpack.smolfile import load_smolfile
+
+    doc = (REPO / "formats" / "smolfile.md").read_text()
+    example = doc.split("## 7. A complete example")[1].split("```toml\n")[1].split("```")[0]
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "Smolfile").write_text(example)
+    cfg = load_smolfile(tmp_path)
+    assert cfg.warnings == () and cfg.net is True
+    assert cfg.init == ("pip install -e /src/mytool",)
+    assert (cfg.memory_mib, cfg.packed().memory_mib) == (1024, 512)
