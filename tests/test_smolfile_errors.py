@@ -125,6 +125,10 @@ CASES = [
         "T/Smolfile:2: dev.workdir must be an absolute guest path (got 'rel')",
     ),
     (
+        'workdir = "/ok"\n[dev]\nworkdir = ""\n',
+        "T/Smolfile:3: dev.workdir must be an absolute guest path (got '')",
+    ),
+    (
         'dev = { workdir = "rel" }\n',
         "T/Smolfile:1: dev.workdir must be an absolute guest path (got 'rel')",
     ),

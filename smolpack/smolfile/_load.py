@@ -276,8 +276,10 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
         for entry in r.strings(table, env_path):
             key, value = r.parsed(env_path, _values.parse_env, entry)
             env[key] = value
-    workdir = r.string(dev, ("dev", "workdir")) or r.string(doc, ("workdir",))
-    workdir_path: KeyPath = ("dev", "workdir") if dev.get("workdir") else ("workdir",)
+    top_workdir = r.string(doc, ("workdir",))
+    dev_workdir = r.string(dev, ("dev", "workdir"))
+    workdir = dev_workdir if dev_workdir is not None else top_workdir
+    workdir_path: KeyPath = ("dev", "workdir") if dev_workdir is not None else ("workdir",)
     if workdir is not None and not workdir.startswith("/"):
         raise r.error(
             workdir_path, f"{_name(workdir_path)} must be an absolute guest path (got '{workdir}')"
