@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from smolpack.errors import SmolfileError
 from smolpack.smolfile import SmolConfig, load_smolfile
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-_DIR = Path(tempfile.mkdtemp(prefix="smolfile-props-"))
-(_DIR / "rootfs").mkdir()
+SETTINGS = settings(max_examples=150, deadline=None)
 
 
-def check(text: str | bytes) -> SmolConfig | SmolfileError:
-    path = _DIR / "Smolfile"
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for all examples (module scope: hypothesis reuses it safely)."""
+    path = tmp_path_factory.mktemp("props")
+    (path / "rootfs").mkdir()
+    return path
+
+
+def check(work: Path, text: str | bytes) -> SmolConfig | SmolfileError:
+    path = work / "Smolfile"
     if isinstance(text, str):
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
     else:
@@ -42,8 +46,8 @@ def check(text: str | bytes) -> SmolConfig | SmolfileError:
 @example(b'volumes = ["' + b"b" * 300 + b':/x"]')
 @example(b"\xef\xbb\xbfcpus = 2")  # UTF-8 BOM
 @example(b'env = ["A\\nB"]')  # a newline inside a quoted value stays escaped
-def test_arbitrary_bytes(data: bytes) -> None:
-    check(data)
+def test_arbitrary_bytes(work: Path, data: bytes) -> None:
+    check(work, data)
 
 
 def toml_value() -> st.SearchStrategy[Any]:
@@ -81,8 +85,10 @@ def render(top: dict[str, Any], tables: dict[str, dict[str, Any]]) -> str:
         max_size=3,
     ),
 )
-def test_structured_documents(top: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
-    result = check(render(top, tables))
+def test_structured_documents(
+    work: Path, top: dict[str, Any], tables: dict[str, dict[str, Any]]
+) -> None:
+    result = check(work, render(top, tables))
     if isinstance(result, SmolConfig):
         assert 1 <= result.cpus <= 64 and 64 <= result.memory_mib <= 131072
         assert result.packed().packed() == result.packed()
@@ -93,8 +99,8 @@ def test_structured_documents(top: dict[str, Any], tables: dict[str, dict[str, A
     st.lists(st.sampled_from(["", "# note", "   ", "# cpus = 0"]), max_size=8),
     st.integers(min_value=-5, max_value=200),
 )
-def test_cpus_error_names_its_line(padding: list[str], cpus: int) -> None:
-    result = check("\n".join([*padding, f"cpus = {cpus}", 'image = "./rootfs"']) + "\n")
+def test_cpus_error_names_its_line(work: Path, padding: list[str], cpus: int) -> None:
+    result = check(work, "\n".join([*padding, f"cpus = {cpus}", 'image = "./rootfs"']) + "\n")
     if 1 <= cpus <= 64:
         assert isinstance(result, SmolConfig) and result.cpus == cpus
     else:
