@@ -87,14 +87,15 @@ def _fsync_dir(directory: Path) -> None:
 def cached_file(
     kind: str,
     key_digest: str,
-    produce: Callable[[Path], None],
+    produce: Callable[[Path], object],
     *,
     root: Path | None = None,
 ) -> Path:
     """Return the cache entry `kind/key_digest`, calling `produce(tmp_path)` if it is absent.
 
     `produce` writes the complete content to the (empty, already created) path it is given
-    and returns; it runs at most once across all concurrent callers per entry.
+    and returns (its return value is ignored); it runs at most once across all concurrent
+    callers per entry.
     """
     if not _KIND_RE.fullmatch(kind):
         raise ValueError(f"bad cache kind {kind!r}")

@@ -29,15 +29,14 @@ def linked_dir(tmp_path: Path, libs: RuntimeLibs) -> Path:
     return d
 
 
-def without_site(code: str) -> dict[str, object]:
+def without_site(code: str) -> object:
     """Run `code` with `python -S` (no site-packages: smolmachines invisible); JSON result."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SMOLPACK_LIBKRUN_DIR", None)
     res = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, check=True
     )
-    result: dict[str, object] = json.loads(res.stdout)
-    return result
+    return json.loads(res.stdout)
 
 
 def test_smolmachines_found_without_importing_it(installed: RuntimeLibs) -> None:
