@@ -1,5 +1,141 @@
-"""Placeholder; filled in by its own change."""
+"""`smolpack doctor`: what this host can run, and why (host facts, see smolpack/host.py).
+
+Collects every fact even when some are missing, prints them, and only then fails (exit 4,
+HostError) if no engine could run a guest here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
-COMMANDS: list[click.Command] = []
+from smolpack import host
+from smolpack.errors import HostError
+from smolpack.kernel import extract_kernel
+from smolpack.runtime_libs import find_runtime_libs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DoctorReport:
+    """Everything `doctor` prints; `as_dict` is the --json schema (keys are stable)."""
+
+    # host architecture (x86_64 / aarch64) and OS (linux / macos)
+    arch: str
+    os: str
+    # hardware virtualization usable, and the reason either way
+    hypervisor_usable: bool
+    hypervisor_reason: str
+    # qemu-system-<arch> path and version, or the error text when missing
+    qemu_path: str | None
+    qemu_version: str | None
+    qemu_error: str | None
+    # where libkrun/libkrunfw came from ("env" / "smolmachines" / "system"), paths, or error
+    libs_source: str | None
+    libkrun_path: str | None
+    libkrunfw_path: str | None
+    libs_error: str | None
+    # kernel inside libkrunfw: Linux release and firmware ABI version
+    kernel_version: str | None
+    krunfw_abi: int | None
+    # engine that would run ("krun" / "qemu" / None), its QEMU accel, and why
+    engine: str | None
+    accel: str | None
+    engine_reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def collect_report() -> DoctorReport:
+    """Probe the host; never raises for a missing component (it is reported instead)."""
+    arch = host.host_arch()
+    hv = host.hypervisor_status()
+    qemu_path = qemu_ver = qemu_err = None
+    try:
+        qemu = host.find_qemu(arch)
+        qemu_path = str(qemu)
+        qemu_ver = host.qemu_version(qemu)
+    except HostError as err:
+        qemu_err = err.message
+    libs_source = krun_path = fw_path = libs_err = kernel_ver = None
+    abi = None
+    try:
+        libs = find_runtime_libs()
+        libs_source, krun_path, fw_path = (
+            libs.source,
+            str(libs.libkrun_path),
+            str(libs.libkrunfw_path),
+        )
+        blob = extract_kernel(libs)
+        kernel_ver, abi = blob.version, blob.abi_version
+    except HostError as err:
+        libs_err = err.message
+    choice = host.choose_engine(
+        hv=hv,
+        libkrun_found=krun_path is not None,
+        qemu_found=qemu_ver is not None,
+        guest_arch=arch,
+        arch=arch,
+    )
+    return DoctorReport(
+        arch=arch,
+        os=host.host_os(),
+        hypervisor_usable=hv.usable,
+        hypervisor_reason=hv.reason,
+        qemu_path=qemu_path,
+        qemu_version=qemu_ver,
+        qemu_error=qemu_err,
+        libs_source=libs_source,
+        libkrun_path=krun_path,
+        libkrunfw_path=fw_path,
+        libs_error=libs_err,
+        kernel_version=kernel_ver,
+        krunfw_abi=abi,
+        engine=choice.engine,
+        accel=choice.accel,
+        engine_reason=choice.reason,
+    )
+
+
+def format_report(r: DoctorReport) -> str:
+    hv = ("usable: " if r.hypervisor_usable else "unusable: ") + r.hypervisor_reason
+    qemu = f"{r.qemu_path} ({r.qemu_version})" if r.qemu_version else f"missing: {r.qemu_error}"
+    if r.libs_source is not None:
+        krun = f"{r.libkrun_path} (from {r.libs_source})"
+        if r.kernel_version is not None:
+            fw = f"{r.libkrunfw_path} (ABI {r.krunfw_abi}, Linux {r.kernel_version})"
+        else:
+            fw = f"{r.libkrunfw_path} (unusable: {r.libs_error})"
+    else:
+        krun = fw = f"missing: {r.libs_error}"
+    rows = [
+        ("host", f"{r.os} {r.arch}"),
+        ("hypervisor", hv),
+        ("qemu", qemu),
+        ("libkrun", krun),
+        ("libkrunfw", fw),
+        ("engine", r.engine_reason),
+    ]
+    return "\n".join(f"{k + ':':<12}{v}" for k, v in rows)
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Show what this host can run: hypervisor, QEMU, libkrun, guest kernel, engine.
+
+    Exits 4 if no engine can run a guest here.
+    """
+    report = collect_report()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_report(report))
+    if report.engine is None:
+        raise HostError(report.engine_reason)
+
+
+COMMANDS: list[click.Command] = [doctor]

@@ -1,0 +1,185 @@
+"""Host capability facts: architecture, OS, hardware virtualization, QEMU (run + create stages).
+
+Answers "which engine can run a guest here, and why": krun needs working hardware
+virtualization (KVM on Linux, Hypervisor.framework on macOS) plus libkrun; otherwise QEMU,
+with KVM acceleration when usable and TCG software emulation when not.
+
+Why the KVM probe reads more than /dev/kvm: on our machines /dev/kvm exists but is served
+by `kvm_pvm` (page-table virtualization, no vmx/svm); a normal guest kernel dies there with
+KVM_EXIT_INTERNAL_ERROR after ~13 s, so "the device opens" is not "KVM works".
+
+Stdlib only: the launcher stub imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from smolpack.errors import HostError
+
+Arch = Literal["x86_64", "aarch64"]
+_ARCH_ALIASES: dict[str, Arch] = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+}
+# Debian/Ubuntu package carrying qemu-system-<arch>.
+_APT_QEMU = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
+
+
+def host_arch(machine: str | None = None) -> Arch:
+    """This host's CPU architecture in the kernel's spelling."""
+    raw = platform.machine() if machine is None else machine
+    arch = _ARCH_ALIASES.get(raw.lower())
+    if arch is None:
+        raise HostError(f"unsupported host architecture {raw!r}", hint="use x86_64 or aarch64")
+    return arch
+
+
+def host_os() -> str:
+    """'linux', 'macos', or the lower-cased platform name for anything else."""
+    if sys.platform == "darwin":
+        return "macos"
+    if sys.platform.startswith("linux"):
+        return "linux"
+    return platform.system().lower() or sys.platform
+
+
+class KvmStatus(NamedTuple):
+    """Whether a normal guest kernel can run on this host's hypervisor, and why."""
+
+    usable: bool
+    reason: str
+
+
+def kvm_status(
+    *,
+    dev_kvm: Path = Path("/dev/kvm"),
+    sys_module: Path = Path("/sys/module"),
+    cpuinfo: Path = Path("/proc/cpuinfo"),
+    arch: Arch | None = None,
+) -> KvmStatus:
+    """Probe KVM from files only (no ioctl); the paths are parameters so tests can fake a host."""
+    if not dev_kvm.exists():
+        return KvmStatus(False, f"{dev_kvm} does not exist (KVM not loaded or not exposed)")
+    if (sys_module / "kvm_pvm").exists():
+        return KvmStatus(
+            False, f"{dev_kvm} is provided by kvm_pvm, which cannot run a normal guest kernel"
+        )
+    if (arch or host_arch()) == "x86_64":
+        try:
+            flags = _cpu_flags(cpuinfo.read_text(errors="replace"))
+        except OSError:
+            flags = None
+        if flags is not None and not flags & {"vmx", "svm"}:
+            return KvmStatus(False, "the CPU reports no vmx/svm (no hardware virtualization)")
+    if not os.access(dev_kvm, os.R_OK | os.W_OK):
+        return KvmStatus(
+            False, f"{dev_kvm} is not readable and writable by this user (add it to group kvm)"
+        )
+    for module in ("kvm_intel", "kvm_amd", "kvm"):
+        if (sys_module / module).exists():
+            return KvmStatus(True, f"{dev_kvm} is usable ({module})")
+    return KvmStatus(True, f"{dev_kvm} is usable")
+
+
+def _cpu_flags(text: str) -> set[str]:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def hvf_status() -> KvmStatus:
+    """macOS: Hypervisor.framework availability (`sysctl kern.hv_support`)."""
+    try:
+        out = subprocess.run(
+            ["sysctl", "-n", "kern.hv_support"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return KvmStatus(False, f"cannot query kern.hv_support: {err}")
+    if out == "1":
+        return KvmStatus(True, "Hypervisor.framework is available")
+    return KvmStatus(False, "Hypervisor.framework is unavailable (kern.hv_support != 1)")
+
+
+def hypervisor_status() -> KvmStatus:
+    """Hardware virtualization on this host, whatever the OS calls it."""
+    if host_os() == "macos":
+        return hvf_status()
+    if host_os() == "linux":
+        return kvm_status()
+    return KvmStatus(False, f"no supported hypervisor on {host_os()}")
+
+
+def find_qemu(guest_arch: Arch, *, search_path: str | None = None) -> Path:
+    """Absolute path of `qemu-system-<guest_arch>`, or `HostError` with an install hint."""
+    name = f"qemu-system-{guest_arch}"
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        hint = (
+            "run `brew install qemu`"
+            if host_os() == "macos"
+            else f"run `apt-get install {_APT_QEMU[guest_arch]}` (or your distribution's qemu)"
+        )
+        raise HostError(f"{name} not found on PATH", hint=hint)
+    return Path(found)
+
+
+def qemu_version(binary: Path) -> str:
+    """'7.2.22' from `qemu-system-* --version`, or HostError if it does not run."""
+    try:
+        res = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise HostError(f"{binary} --version failed: {err}") from err
+    first = res.stdout.splitlines()[0] if res.stdout else ""
+    words = first.split()
+    if res.returncode != 0 or "version" not in words or words.index("version") + 1 >= len(words):
+        raise HostError(f"{binary} --version printed no version (exit {res.returncode})")
+    return words[words.index("version") + 1]
+
+
+def qemu_accel(hv: KvmStatus, guest_arch: Arch, arch: Arch | None = None) -> str:
+    """QEMU `-accel` value: the hypervisor when usable for this guest, else TCG emulation."""
+    if not hv.usable or guest_arch != (arch or host_arch()):
+        return "tcg"
+    return "hvf" if host_os() == "macos" else "kvm"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineChoice:
+    """Which engine would run a guest on this host."""
+
+    # "krun" or "qemu"; None when neither can run
+    engine: Literal["krun", "qemu"] | None
+    # QEMU -accel value ("kvm", "hvf", "tcg"); None for krun or no engine
+    accel: str | None
+    # one line saying why, e.g. "qemu (tcg): hardware virtualization unavailable: ..."
+    reason: str
+
+
+def choose_engine(
+    *, hv: KvmStatus, libkrun_found: bool, qemu_found: bool, guest_arch: Arch, arch: Arch
+) -> EngineChoice:
+    """Prefer krun (same-arch guest, hypervisor usable, libkrun present); else QEMU."""
+    if hv.usable and libkrun_found and guest_arch == arch:
+        return EngineChoice(engine="krun", accel=None, reason=f"krun: {hv.reason}")
+    if hv.usable and guest_arch != arch:
+        why = f"guest is {guest_arch}, host is {arch}"
+    elif hv.usable:
+        why = "libkrun not found"
+    else:
+        why = f"hardware virtualization unavailable: {hv.reason}"
+    if not qemu_found:
+        return EngineChoice(engine=None, accel=None, reason=f"no engine: {why}; QEMU not found")
+    accel = qemu_accel(hv, guest_arch, arch)
+    return EngineChoice(engine="qemu", accel=accel, reason=f"qemu ({accel}): {why}")
