@@ -1,0 +1,308 @@
+"""Host side of the agent protocol (run stage: launcher and build VM ↔ guest agent).
+
+Implements the host's part of formats/agent-protocol.md v1: the handshake (section 6), a RUN
+with stdio pumping until EXIT (sections 5.2–5.5), forwarding signals and window sizes
+(section 5.4), and PREPARE_SNAPSHOT (section 5.6). Stdlib only: the launcher imports it.
+
+One `AgentSession` wraps one connected channel (a socket or a raw fd) and keeps the frame
+reader's state between calls, so a frame split across two calls is never lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+import signal
+import socket
+import time
+from types import TracebackType
+
+from smolpack.agent import protocol as p
+from smolpack.errors import AgentError
+
+HANDSHAKE_INTERVAL_S = 0.05  # HELLO resend period; restore-to-live is ~0.3 s under QEMU TCG
+_SEND_HIGH = 256 * 1024  # stop reading our stdin while this much waits to be sent
+_READ_CHUNK = 64 * 1024
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Unbuffered write of all bytes, waiting if fd happens to be non-blocking."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            sel = selectors.PollSelector()
+            sel.register(fd, selectors.EVENT_WRITE)
+            sel.select()
+            sel.close()
+
+
+class AgentSession:
+    """One conversation with a guest agent over a connected channel."""
+
+    def __init__(self, channel: socket.socket | int) -> None:
+        self._fd = channel if isinstance(channel, int) else channel.fileno()
+        os.set_blocking(self._fd, False)
+        self._reader = p.FrameReader()
+        self._pending: collections.deque[p.Frame] = collections.deque()
+        self._out = bytearray()
+        # Frames queued from signal handlers; the wake pipe interrupts the run loop's select.
+        self._control: collections.deque[bytes] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.agent_version: str | None = None  # from the last HELLO_ACK
+
+    def close(self) -> None:
+        """Release the wake pipe; the channel itself belongs to the caller."""
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def __enter__(self) -> AgentSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- channel plumbing ---------------------------------------------------------
+
+    def _flush(self) -> None:
+        while self._out:
+            try:
+                sent = os.write(self._fd, self._out)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                raise AgentError(f"guest agent channel failed: {err.strerror}") from None
+            del self._out[:sent]
+
+    def _read_channel(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            raise AgentError(f"guest agent channel failed: {err.strerror}") from None
+        if not data:
+            raise AgentError("guest agent closed the channel")
+        self._pending.extend(self._reader.feed(data))
+
+    def _pump(self, timeout_s: float) -> None:
+        """Send what is queued and read what arrives, waiting at most timeout_s."""
+        self._flush()
+        sel = selectors.PollSelector()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0)
+        sel.register(self._fd, events)
+        try:
+            for _, mask in sel.select(max(timeout_s, 0.0)):
+                if mask & selectors.EVENT_WRITE:
+                    self._flush()
+                if mask & selectors.EVENT_READ:
+                    self._read_channel()
+        finally:
+            sel.close()
+
+    def _take_control(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while self._control:
+            self._out += self._control.popleft()
+
+    # -- signal-handler safe requests -----------------------------------------------
+
+    def forward_signal(self, signo: int) -> None:
+        """Queue SIGNAL for the running program's group; safe to call from a signal handler."""
+        self._control.append(p.encode_signal(int(signo)))
+        self._wake()
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Queue RESIZE (tty mode); safe to call from a SIGWINCH handler."""
+        self._control.append(p.encode_resize(rows, cols))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop wakes anyway
+
+    # -- protocol steps ---------------------------------------------------------------
+
+    def handshake(
+        self, timeout_s: float = 10.0, *, interval_s: float = HANDSHAKE_INTERVAL_S
+    ) -> p.HelloAck:
+        """Send HELLO with a fresh nonce until the agent acks that nonce (section 6)."""
+        nonce = os.urandom(16)
+        hello = p.Hello(nonce=nonce).encode()
+        deadline = time.monotonic() + timeout_s
+        next_send = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise AgentError(f"guest agent did not answer the handshake within {timeout_s:g} s")
+            if now >= next_send:
+                if not self._out:  # one HELLO in flight at most: the peer may not be reading
+                    self._out += hello
+                next_send = now + interval_s
+            self._pump(min(next_send, deadline) - now)
+            while self._pending:
+                frame = self._pending.popleft()
+                if frame.type == p.ERROR:
+                    raise AgentError(f"guest agent: {p.decode_error(frame.body)}")
+                if frame.type != p.HELLO_ACK:
+                    continue  # late output of an earlier run, stale ACKs...
+                ack = p.HelloAck.decode(frame.body)
+                if ack.nonce != nonce:
+                    continue
+                if ack.protocol_version != p.PROTOCOL_VERSION:
+                    raise AgentError(
+                        f"guest agent speaks protocol {ack.protocol_version},"
+                        f" this host speaks {p.PROTOCOL_VERSION}"
+                    )
+                self.agent_version = ack.agent_version
+                self._pending.clear()
+                return ack
+
+    def run(
+        self,
+        request: p.RunRequest,
+        *,
+        stdin_fd: int | None,
+        stdout_fd: int,
+        stderr_fd: int,
+    ) -> int:
+        """Run `request` in the guest, pumping stdio; return its exit code (128+N if signaled).
+
+        stdin_fd None means empty stdin. Output is written unbuffered with os.write. If
+        stdout_fd's reader goes away (EPIPE), further stdout is dropped and the guest
+        program gets SIGPIPE, as it would locally.
+        """
+        self._pending.clear()
+        self._out += request.encode()
+        stdin_open = stdin_fd is not None
+        if not stdin_open:
+            self._out += p.encode_frame(p.STDIN)
+        stdout_broken = False
+        sel = selectors.PollSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        sel.register(self._fd, selectors.EVENT_READ)
+        if stdin_fd is not None:
+            sel.register(stdin_fd, selectors.EVENT_READ)
+        try:
+            while True:
+                self._take_control()
+                self._flush()
+                sel.modify(
+                    self._fd,
+                    selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0),
+                )
+                if stdin_fd is not None and stdin_open:
+                    wanted = len(self._out) < _SEND_HIGH
+                    registered = stdin_fd in sel.get_map()
+                    if wanted and not registered:
+                        sel.register(stdin_fd, selectors.EVENT_READ)
+                    elif registered and not wanted:
+                        sel.unregister(stdin_fd)
+                for key, mask in sel.select():
+                    if key.fd == self._wake_r:
+                        continue  # _take_control at the loop top
+                    if key.fd == stdin_fd:
+                        stdin_open = self._forward_stdin(stdin_fd)
+                        if not stdin_open:
+                            sel.unregister(stdin_fd)
+                    elif key.fd == self._fd:
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush()
+                        if mask & selectors.EVENT_READ:
+                            self._read_channel()
+                while self._pending:
+                    frame = self._pending.popleft()
+                    if frame.type == p.STDOUT and frame.body and not stdout_broken:
+                        try:
+                            _write_all(stdout_fd, frame.body)
+                        except BrokenPipeError:
+                            stdout_broken = True
+                            self.forward_signal(signal.SIGPIPE)
+                    elif frame.type == p.STDERR and frame.body:
+                        try:
+                            _write_all(stderr_fd, frame.body)
+                        except BrokenPipeError:
+                            pass  # nowhere left to report anything
+                    elif frame.type == p.EXIT:
+                        return p.Exit.decode(frame.body).code
+                    elif frame.type == p.ERROR:
+                        raise AgentError(f"guest agent: {p.decode_error(frame.body)}")
+        finally:
+            sel.close()
+
+    def _forward_stdin(self, stdin_fd: int) -> bool:
+        """Read one chunk of our stdin into a STDIN frame; False once EOF was sent."""
+        try:
+            data = os.read(stdin_fd, p.DATA_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""  # EIO from a hung-up terminal: treat as end of input
+        self._out += p.encode_frame(p.STDIN, data)
+        return bool(data)
+
+    def run_build_step(
+        self,
+        argv: list[str] | tuple[str, ...],
+        *,
+        env: list[str] | tuple[str, ...],
+        cwd: str = "",
+        stdout_fd: int,
+        stderr_fd: int,
+    ) -> int:
+        """Run one build step (empty stdin, no tty, no power off); return its exit code."""
+        request = p.RunRequest(
+            argv=tuple(argv),
+            env=tuple(env),
+            cwd=cwd,
+            realtime_ns=time.time_ns(),
+            entropy=os.urandom(64),
+        )
+        return self.run(request, stdin_fd=None, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
+
+    def prepare_snapshot(self, timeout_s: float = 30.0) -> None:
+        """Ask the agent to sync and go back to waiting for HELLO; return at READY.
+
+        The caller then pauses and saves the VM; after a restore, call `handshake` again
+        (it uses a new nonce).
+        """
+        self._pending.clear()
+        self._out += p.encode_frame(p.PREPARE_SNAPSHOT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentError(f"guest agent did not get ready for a snapshot in {timeout_s:g} s")
+            self._pump(left)
+            while self._pending:
+                frame = self._pending.popleft()
+                if frame.type == p.READY:
+                    return
+                if frame.type == p.ERROR:
+                    raise AgentError(f"guest agent: {p.decode_error(frame.body)}")
+
+
+def handshake(channel: socket.socket | int, timeout_s: float = 10.0) -> AgentSession:
+    """Open a session on a connected channel and handshake; the caller closes the session."""
+    session = AgentSession(channel)
+    try:
+        session.handshake(timeout_s)
+    except BaseException:
+        session.close()
+        raise
+    return session
