@@ -35,9 +35,15 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so `smolpack.cli` stays the one entry point for every command.
-    from smolpack.cli import _doctor_cmds, _image_cmds, _payload_cmds, _smolfile_cmds
+    from smolpack.cli import (
+        _doctor_cmds,
+        _image_cmds,
+        _payload_cmds,
+        _run_cmds,
+        _smolfile_cmds,
+    )
 
-    for module in (_smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds):
+    for module in (_run_cmds, _smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,219 @@
+"""create: Smolfile → image → disk → build VM → saved state → `.smolmachine` payload.
+
+Read top to bottom, `build_payload` is the whole create flow (design.md §3):
+
+1. resolve the image into a merged root tree and add the guest agent;
+2. make the ext4 base image;
+3. boot a build VM on it (base read-only + a writable qcow2 overlay);
+4. run the Smolfile's `init` steps through the agent, streaming their output;
+5. agent syncs and says READY; pause and save the VM state;
+6. flatten overlay + base into the disk that ships — the very disk the saved
+   memory expects (same instant: the guest is paused while we copy);
+7. write the payload: manifest, kernel, disk, state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+
+from smolpack import __version__
+from smolpack.agent.binary import agent_binary
+from smolpack.agent.session import AgentSession, handshake
+from smolpack.disk import build_ext4
+from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
+from smolpack.errors import BuildError, HostError
+from smolpack.image import prepare_rootfs
+from smolpack.kernel import extract_kernel, kernel_elf_path
+from smolpack.machine import MachineConfig, merge_env
+from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, created_now
+from smolpack.payload.layout import Codec
+from smolpack.progress import Progress
+from smolpack.runtime_libs import find_runtime_libs
+from smolpack.smolfile import SmolConfig, require_local_image
+
+GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
+BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
+QEMU_STATE = f"qemu-{GUEST_ARCH}"
+# Bumped whenever the payload built from the same inputs would change.
+BUILD_RECIPE = "1"
+
+
+def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
+    """Build the pack described by `config` (already `packed()`) into `out`."""
+    image = require_local_image(config)
+    assert image.path is not None
+    work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
+    try:
+        with progress.step(f"Unpacking image {image.raw}"):
+            tree = work / "rootfs"
+            tree.mkdir()
+            defaults = prepare_rootfs(image.path, tree, arch=GUEST_ARCH)
+        with progress.step("Making the disk image"):
+            base = work / "base.raw"
+            agent = agent_binary(GUEST_ARCH)
+            build_ext4(tree, base, extra_files={AGENT_GUEST_PATH: (agent, 0o755)})
+            shutil.rmtree(tree)
+        kernel = kernel_elf_path(extract_kernel(find_runtime_libs()))
+        machine = MachineConfig(
+            cpus=config.cpus,
+            memory_mib=config.memory_mib,
+            net=config.net,
+            entrypoint=config.entrypoint or defaults.entrypoint,
+            cmd=config.cmd or (defaults.cmd if not config.entrypoint else ()),
+            env=merge_env(defaults.env, config.env),
+            workdir=config.workdir or defaults.workdir,
+            kernel_cmdline=KERNEL_CMDLINE,
+        )
+        qemu_machine = QemuMachine(
+            guest_arch=GUEST_ARCH, cpus=machine.cpus, memory_mib=machine.memory_mib,
+            kernel=kernel, cmdline=machine.kernel_cmdline, net=machine.net,
+        )
+        state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
+        with progress.step(f"Writing {out.name}"):
+            manifest = Manifest(
+                smolpack_version=__version__,
+                created=created_now(),
+                guest_arch=GUEST_ARCH,
+                machine=machine.to_dict(),
+                states=(
+                    StateRef(name=QEMU_STATE, engine="qemu", host_arch=GUEST_ARCH,
+                             host_os="linux", sections=(f"state/{QEMU_STATE}",)),
+                ),
+            )
+            with PayloadWriter(out) as writer:
+                writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
+                # zstd: the launcher materializes the kernel once into its cache anyway.
+                writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
+                # raw: QEMU reads the disk and the state in place, from inside the pack.
+                writer.add_file("disk", SectionKind.DISK, disk)
+                writer.add_file(f"state/{QEMU_STATE}", SectionKind.STATE, state)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _boot_build_and_save(config: SmolConfig, machine: MachineConfig, qemu_machine: QemuMachine,
+                         base: Path, work: Path, progress: Progress) -> tuple[Path, Path]:
+    overlay = work / "overlay.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
+    state = work / "state.bin"
+    with progress.step("Booting the build VM"):
+        vm = QemuVm(qemu_machine, RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
+                    run_dir=work)
+    try:
+        session = handshake(vm.agent, timeout_s=BOOT_TIMEOUT_S)
+        for number, step in enumerate(config.init, start=1):
+            with progress.step(f"init step {number}/{len(config.init)}: {step}"):
+                _run_init_step(session, number, step, machine)
+        with progress.step("Saving the warmed-up VM"):
+            session.prepare_snapshot()
+            vm.save_state(state)
+    except BaseException:
+        _keep_console(vm, progress)
+        raise
+    finally:
+        vm.close()
+    with progress.step("Flattening the disk"):
+        disk = work / "disk.raw"
+        # The guest was paused when its state was saved, so overlay + base is exactly the
+        # disk that memory expects. convert writes zeros as holes: the result stays sparse.
+        _qemu_img("convert", "-O", "raw", str(overlay), str(disk))
+        overlay.unlink()
+        base.unlink()
+    return state, disk
+
+
+def _run_init_step(session: AgentSession, number: int, step: str,
+                   machine: MachineConfig) -> None:
+    """Run one `init` step, streaming its output to stderr and keeping the last lines."""
+    read_fd, write_fd = os.pipe()
+    tail: deque[bytes] = deque(maxlen=5)
+
+    def tee() -> None:
+        pending = b""
+        while chunk := os.read(read_fd, 65536):
+            os.write(2, chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            tail.extend(line for line in lines if line.strip())
+        if pending.strip():
+            tail.append(pending)
+
+    reader = threading.Thread(target=tee, daemon=True)
+    reader.start()
+    try:
+        code = session.run_build_step(["/bin/sh", "-c", step], env=machine.env,
+                                      cwd=machine.workdir, stdout_fd=write_fd, stderr_fd=write_fd)
+    finally:
+        os.close(write_fd)
+        reader.join()
+        os.close(read_fd)
+    if code != 0:
+        last = " | ".join(line.decode(errors="replace").strip() for line in tail)
+        raise BuildError(f"init step {number} failed with exit code {code}: {step}"
+                         + (f" (last output: {last})" if last else ""))
+
+
+def _keep_console(vm: QemuVm, progress: Progress) -> None:
+    try:
+        lines = vm.console_log.read_text(errors="replace").strip().splitlines()[-15:]
+    except OSError:
+        return
+    if lines:
+        progress.note("last lines of the build VM console:")
+        for line in lines:
+            progress.note(f"  {line}")
+
+
+def _qemu_img(*args: str) -> None:
+    if shutil.which("qemu-img") is None:
+        raise HostError("qemu-img not found", hint="install it: apt-get install qemu-utils")
+    res = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise HostError(f"qemu-img {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
+
+
+def input_digest(config: SmolConfig) -> str:
+    """Digest of everything a pack is built from: the cache key of `smolpack run`."""
+    h = hashlib.sha256()
+    h.update(f"smolpack {__version__} recipe {BUILD_RECIPE}\n".encode())
+    described = config.to_dict()
+    described.pop("source", None)
+    h.update(json.dumps(described, sort_keys=True).encode())
+    image = require_local_image(config)
+    assert image.path is not None
+    _hash_tree(h, image.path)
+    h.update(agent_binary(GUEST_ARCH).read_bytes())
+    libs = find_runtime_libs()
+    h.update(hashlib.sha256(Path(libs.libkrunfw_path).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _hash_tree(h: hashlib._Hash, root: Path) -> None:
+    """Content and metadata of a file or directory tree, in a stable order."""
+    if not root.is_dir():
+        with open(root, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            h.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}:{st.st_gid}\0".encode())
+            if path.is_symlink():
+                h.update(os.readlink(path).encode())
+            elif path.is_file():
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)

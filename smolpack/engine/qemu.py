@@ -1,0 +1,211 @@
+"""The QEMU engine: boot, save and restore a microVM (run stage; design.md §3).
+
+One `QemuVm` is one QEMU process. Its monitor (QMP) and the agent's
+virtio-serial port are socketpairs handed to QEMU as file descriptors, so a run
+leaves no socket files behind; the console goes to a log file in the run dir.
+QEMU is killed on every exit path (`close()`, and PR_SET_PDEATHSIG if the
+launcher itself dies), so no orphan survives Ctrl-C or a crash.
+
+The device model must be identical between the VM that saved a state and the
+VM that restores it: `qemu_argv` is the one place that builds it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smolpack.engine.qmp import QmpClient
+from smolpack.errors import EngineError
+
+AGENT_PORT_NAME = "smolpack.agent"
+AGENT_GUEST_PATH = "/smolpack/agent"
+# panic=-1 makes a panicking guest reboot at once, and -no-reboot turns that
+# reboot into a QEMU exit: a crashed guest ends the run instead of hanging it.
+KERNEL_CMDLINE = f"console=hvc0 root=/dev/vda rw init={AGENT_GUEST_PATH} panic=-1 reboot=t quiet"
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuMachine:
+    """Everything that shapes the guest-visible machine; equal for save and restore."""
+
+    guest_arch: str  # "x86_64" or "aarch64"
+    cpus: int  # vCPUs
+    memory_mib: int  # guest RAM
+    kernel: Path  # PVH ELF kernel (smolpack.kernel)
+    cmdline: str = KERNEL_CMDLINE  # kernel command line
+    net: bool = False  # attach a user-mode NIC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RootDisk:
+    """The root disk: a raw ext4 image, possibly a section inside a bigger file."""
+
+    path: Path  # file holding the image (a .raw file, a payload or a packed tool)
+    offset: int = 0  # where the image starts in that file
+    size: int  # image size in bytes
+    overlay: Path | None = None  # writable qcow2 over it; None = throwaway overlay
+
+
+def qemu_argv(machine: QemuMachine, disk: RootDisk, *, binary: str, accel: str, qmp_fd: int,
+              agent_fd: int, console_log: Path, incoming_fd: int | None) -> list[str]:
+    """The QEMU command line for one VM (the single definition of the device model)."""
+    if machine.guest_arch != "x86_64":
+        raise EngineError(f"the QEMU engine does not support {machine.guest_arch} guests yet")
+    if disk.overlay is not None:
+        # Build VM: a qcow2 whose backing file is the raw base; its content is the disk we ship.
+        drive = f"file={disk.overlay},format=qcow2,if=none,id=root,cache=unsafe"
+    else:
+        # Run VM: the base is read in place (offset/size inside the pack; never written)
+        # under a throwaway overlay QEMU creates and deletes itself.
+        drive = (
+            f"driver=raw,file.filename={disk.path},offset={disk.offset},size={disk.size},"
+            "read-only=on,snapshot=on,if=none,id=root"
+        )
+    argv = [
+        binary,
+        "-M", "microvm,acpi=off,pic=off,pit=on,rtc=off,isa-serial=off",
+        "-accel", accel,
+        "-cpu", "max",
+        "-smp", str(machine.cpus),
+        "-m", f"{machine.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-kernel", str(machine.kernel),
+        "-append", machine.cmdline,
+        "-chardev", f"socket,id=qmp,fd={qmp_fd}",
+        "-mon", "chardev=qmp,mode=control",
+        "-device", "virtio-serial-device",
+        "-chardev", f"file,id=con,path={console_log}",
+        "-device", "virtconsole,chardev=con",
+        "-chardev", f"socket,id=agent,fd={agent_fd}",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-drive", drive,
+        "-device", "virtio-blk-device,drive=root",
+    ]
+    if machine.net:
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+    if incoming_fd is not None:
+        argv += ["-incoming", f"fd:{incoming_fd}"]
+    return argv
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: QEMU gets SIGKILL if the launcher dies.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    # Ctrl-C at the terminal must reach the launcher only; it decides what QEMU gets.
+    os.setpgid(0, 0)
+
+
+class QemuVm:
+    """A running QEMU process with its monitor and agent channel."""
+
+    def __init__(self, machine: QemuMachine, disk: RootDisk, *, run_dir: Path,
+                 accel: str = "tcg", incoming_fd: int | None = None,
+                 binary: str | None = None) -> None:
+        self.machine = machine
+        self.console_log = run_dir / "console.log"
+        qmp_ours, qmp_theirs = socket.socketpair()
+        agent_ours, agent_theirs = socket.socketpair()
+        self.agent = agent_ours
+        self._qmp_sock = qmp_ours
+        argv = qemu_argv(
+            machine, disk, binary=binary or f"qemu-system-{machine.guest_arch}", accel=accel, qmp_fd=qmp_theirs.fileno(),
+            agent_fd=agent_theirs.fileno(), console_log=self.console_log,
+            incoming_fd=incoming_fd,
+        )
+        pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno()]
+        if incoming_fd is not None:
+            pass_fds.append(incoming_fd)
+        self._stderr_path = run_dir / "qemu.stderr"
+        try:
+            with open(self._stderr_path, "wb") as err:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                    pass_fds=pass_fds, preexec_fn=_die_with_parent,
+                )
+        except FileNotFoundError as exc:
+            raise EngineError(f"cannot start {argv[0]}: not found") from exc
+        finally:
+            qmp_theirs.close()
+            agent_theirs.close()
+        try:
+            self.qmp = QmpClient(qmp_ours, timeout_s=30.0)
+        except EngineError as exc:
+            self.close()
+            raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
+
+    def failure_detail(self) -> str:
+        """The last line QEMU printed, to explain a failure in one line."""
+        try:
+            lines = self._stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def save_state(self, dest: Path, *, timeout_s: float = 300.0) -> None:
+        """Pause the guest and write its full state to `dest` (a migration stream).
+
+        The guest stays paused afterwards, so the disk behind it is frozen at the
+        same instant as the saved memory.
+        """
+        self.qmp.execute("stop")
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self.qmp.execute("getfd", {"fdname": "state"}, fds=[fd])
+        finally:
+            os.close(fd)
+        self.qmp.execute("migrate", {"uri": "fd:state"})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.qmp.execute("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise EngineError(f"saving the VM state failed (migration {status})")
+            if time.monotonic() > deadline:
+                raise EngineError(f"saving the VM state took longer than {timeout_s:.0f} s")
+            time.sleep(0.02)
+
+    def wait_incoming(self, *, timeout_s: float = 60.0) -> None:
+        """Wait until a restore from `-incoming` has loaded, then let the guest run."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.qmp.execute("query-status").get("status")
+            if status == "running":
+                return
+            if status == "paused":
+                # The state was saved from a stopped guest, and QEMU restores that run
+                # state too: resume it ourselves once the stream is fully loaded.
+                self.qmp.execute("cont")
+                return
+            if status not in ("inmigrate", "prelaunch", "restore-vm"):
+                raise EngineError(f"restoring the VM state failed (QEMU status {status!r})")
+            if time.monotonic() > deadline:
+                raise EngineError(f"restoring the VM state took longer than {timeout_s:.0f} s")
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Stop QEMU for sure (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - kill -9 does not time out
+            pass
+        self.agent.close()
+        self._qmp_sock.close()
+
+    def __enter__(self) -> QemuVm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

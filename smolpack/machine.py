@@ -1,0 +1,85 @@
+"""The machine a pack describes: what the manifest's `machine` object holds.
+
+Stage: create writes it (from the Smolfile's packed configuration merged over
+the image's defaults), run reads it back. It is everything the launcher needs
+to boot or restore the VM and to build the RUN request; the Smolfile itself is
+not shipped. JSON shape: formats/smolmachine.md, "The manifest".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from smolpack.errors import BadLayout
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineConfig:
+    cpus: int  # vCPUs; the saved state only restores with the same count
+    memory_mib: int  # guest RAM; likewise fixed by the saved state
+    net: bool  # attach a network device
+    entrypoint: tuple[str, ...]  # argv prefix of every run
+    cmd: tuple[str, ...]  # default arguments, replaced by the user's arguments
+    env: tuple[str, ...]  # "KEY=VALUE" entries for every run (PATH included)
+    workdir: str  # working directory of every run; "" means "/"
+    kernel_cmdline: str  # the guest kernel command line (equal at save and restore)
+
+    def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        """What a run executes: the entrypoint, then the user's args or else `cmd`."""
+        return self.entrypoint + (tuple(args) if args else self.cmd)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpus": self.cpus,
+            "memory_mib": self.memory_mib,
+            "net": self.net,
+            "entrypoint": list(self.entrypoint),
+            "cmd": list(self.cmd),
+            "env": list(self.env),
+            "workdir": self.workdir,
+            "kernel_cmdline": self.kernel_cmdline,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], *, label: str = "manifest") -> MachineConfig:
+        """Parse the manifest's `machine`; a bad field is payload damage, named."""
+
+        def field(key: str, kind: type) -> Any:
+            value = obj.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise BadLayout(f"{label}: field 'machine.{key}' is missing or not {kind.__name__}")
+            return value
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = field(key, list)
+            if not all(isinstance(v, str) for v in value):
+                raise BadLayout(f"{label}: field 'machine.{key}' must be a list of strings")
+            return tuple(value)
+
+        cpus, memory = field("cpus", int), field("memory_mib", int)
+        if not 1 <= cpus <= 64 or not 64 <= memory <= 131072:
+            raise BadLayout(f"{label}: field 'machine' has cpus={cpus} memory_mib={memory}")
+        return cls(
+            cpus=cpus,
+            memory_mib=memory,
+            net=field("net", bool),
+            entrypoint=strings("entrypoint"),
+            cmd=strings("cmd"),
+            env=strings("env"),
+            workdir=field("workdir", str),
+            kernel_cmdline=field("kernel_cmdline", str),
+        )
+
+
+def merge_env(image_env: tuple[str, ...], smolfile_env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """Image env first, the Smolfile's entries override by key; PATH always set."""
+    merged: dict[str, str] = {"PATH": DEFAULT_PATH}
+    for entry in image_env:
+        key, _, value = entry.partition("=")
+        merged[key] = value
+    for key, value in smolfile_env:
+        merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())

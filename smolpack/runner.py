@@ -1,0 +1,204 @@
+"""run: payload → engine → agent → exit code (design.md §3, "run").
+
+`run_payload` is the whole run path, shared by `smolpack run` and the launcher
+stub, so it imports only what a run needs (stdlib, payload reader, engine,
+agent session, cache). Steps, top to bottom:
+
+1. open the payload (header + index checks only: cost independent of size);
+2. check that this host can run it and pick the engine;
+3. materialize what must be a file (the kernel) into the content cache;
+4. restore the saved state (or cold boot when asked or when there is none);
+5. handshake with the agent, send RUN, pump stdio until EXIT;
+6. stop the VM and remove the per-run directory, on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from smolpack.agent import protocol as p
+from smolpack.agent.session import AgentSession, handshake
+from smolpack.cache import cached_file
+from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk
+from smolpack.errors import EngineError, HostError
+from smolpack.host import find_qemu, host_arch
+from smolpack.machine import MachineConfig
+from smolpack.payload import Payload, open_payload
+
+RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
+BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    engine: str = "auto"  # "auto" | "qemu" | "krun"
+    cold: bool = False  # boot instead of restoring the saved state
+    debug: bool = False  # keep the console log, print timings on stderr
+
+
+def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
+    """Run the pack at `path` with `args`; return the guest program's exit code."""
+    t0 = time.monotonic()
+    payload = open_payload(path)
+    try:
+        manifest = payload.manifest()
+        machine = MachineConfig.from_dict(manifest.machine)
+        if options.engine == "krun":
+            raise HostError("the krun engine is not available in this build",
+                            hint="use --smol-engine=qemu")
+        qemu = find_qemu(manifest.guest_arch)  # type: ignore[arg-type]
+        state = None if options.cold else _qemu_state_section(payload)
+        kernel = _kernel_file(payload)
+        disk_offset, disk_size = payload.section_file_range("disk")
+        vm_machine = QemuMachine(
+            guest_arch=manifest.guest_arch, cpus=machine.cpus, memory_mib=machine.memory_mib,
+            kernel=kernel, cmdline=machine.kernel_cmdline, net=machine.net,
+        )
+        disk = RootDisk(path=Path(path).resolve(), offset=disk_offset, size=disk_size)
+        timings = {"open": time.monotonic() - t0}
+        with _run_dir(keep=options.debug) as run_dir:
+            vm = _start_vm(payload, vm_machine, disk, state, run_dir, str(qemu))
+            try:
+                timings["vm"] = time.monotonic() - t0
+                session = handshake(vm.agent, RESTORE_HANDSHAKE_S if state else BOOT_HANDSHAKE_S)
+                timings["agent"] = time.monotonic() - t0
+                with session:
+                    code = _run(session, machine, args)
+                timings["exit"] = time.monotonic() - t0
+            except BaseException:
+                if options.debug:
+                    _show_console(vm)
+                raise
+            finally:
+                vm.close()
+        if options.debug:
+            steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
+            print(f"smolpack: {'restore' if state else 'cold boot'} {steps}", file=sys.stderr)
+        return code
+    finally:
+        payload.close()
+
+
+def _qemu_state_section(payload: Payload) -> str | None:
+    """The section holding a QEMU state this host can restore, if the pack has one."""
+    for state in payload.manifest().states:
+        if state.engine == "qemu" and len(state.sections) == 1:
+            return state.sections[0]
+    return None
+
+
+def _kernel_file(payload: Payload) -> Path:
+    digest = payload.sections["kernel"].sha256.hex()
+    return cached_file("kernel", digest, lambda tmp: payload.copy_section_to("kernel", tmp))
+
+
+def _start_vm(payload: Payload, machine: QemuMachine, disk: RootDisk, state: str | None,
+              run_dir: Path, qemu: str) -> QemuVm:
+    if state is None:
+        return QemuVm(machine, disk, run_dir=run_dir, binary=qemu)
+    offset, _size = payload.section_file_range(state)
+    # QEMU reads the migration stream from this fd, from the section's start, in place.
+    fd = os.open(payload.path, os.O_RDONLY)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        vm = QemuVm(machine, disk, run_dir=run_dir, binary=qemu, incoming_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        vm.wait_incoming()
+    except EngineError:
+        vm.close()
+        raise
+    return vm
+
+
+def _run(session: AgentSession, machine: MachineConfig, args: list[str]) -> int:
+    tty = os.isatty(0) and os.isatty(1)
+    rows, cols = _window_size() if tty else (0, 0)
+    request = p.RunRequest(
+        argv=machine.argv(args), env=machine.env, cwd=machine.workdir, tty=tty,
+        power_off=True, tty_rows=rows, tty_cols=cols,
+        realtime_ns=time.time_ns(), entropy=os.urandom(64),
+    )
+    with _forward_signals(session, tty), _raw_terminal(tty):
+        return session.run(request, stdin_fd=0, stdout_fd=1, stderr_fd=2)
+
+
+def _window_size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(1)
+    except OSError:
+        return 0, 0
+    return size.lines, size.columns
+
+
+@contextlib.contextmanager
+def _forward_signals(session: AgentSession, tty: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP go to the guest program; a second SIGINT aborts the run."""
+    interrupted = False
+
+    def forward(signo: int, _frame: object) -> None:
+        nonlocal interrupted
+        if signo == signal.SIGINT:
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted = True
+        session.forward_signal(signo)
+
+    def resize(_signo: int, _frame: object) -> None:
+        session.resize(*_window_size())
+
+    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    old = {s: signal.signal(s, forward) for s in wanted}
+    if tty:
+        old[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resize)
+    try:
+        yield
+    finally:
+        for signo, handler in old.items():
+            signal.signal(signo, handler)
+
+
+@contextlib.contextmanager
+def _raw_terminal(tty: bool) -> Iterator[None]:
+    if not tty:
+        yield
+        return
+    import termios
+    import tty as ttymod
+
+    saved = termios.tcgetattr(0)
+    ttymod.setraw(0)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _run_dir(*, keep: bool) -> Iterator[Path]:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    run_dir = Path(tempfile.mkdtemp(prefix="smolpack-run-", dir=base if base else None))
+    try:
+        yield run_dir
+    finally:
+        if keep:
+            print(f"smolpack: run files kept in {run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _show_console(vm: QemuVm) -> None:
+    with contextlib.suppress(OSError):
+        tail = vm.console_log.read_text(errors="replace").strip().splitlines()[-20:]
+        for line in tail:
+            print(f"console: {line}", file=sys.stderr)
