@@ -206,7 +206,8 @@ def _check_entry(label: str, i: int, name_raw: bytes, entry: SectionEntry) -> Se
         raise BadLayout(f"{label}: section {i} name field is not NUL-padded")
     problem = name_problem(entry.name) if "\ufffd" not in entry.name else "is not UTF-8"
     if problem:
-        raise BadLayout(f"{label}: section {i} name {used!r} {problem}")
+        shown = f"'{entry.name}'" if "\ufffd" not in entry.name else repr(used)
+        raise BadLayout(f"{label}: section {i} name {shown} {problem}")
     if entry.align_log2 > ALIGN_LOG2_MAX:
         raise BadLayout(
             f"{label}: section '{entry.name}' align_log2 is {entry.align_log2} "
