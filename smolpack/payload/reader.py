@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 
 from smolpack.errors import (
@@ -75,10 +76,10 @@ def open_payload(path: str | os.PathLike[str]) -> Payload:
     file is trusted before it is checked. Close the result (or use `with`).
     """
     label = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        raise NotASmolmachine(f"{label}: is a directory, not a .smolmachine payload") from None
+    # Checked before open: opening a FIFO would block, a directory is no file.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotASmolmachine(f"{label}: is not a regular file, so not a .smolmachine payload")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _no_short_reads(label):
             loc = locate(fd, label)
