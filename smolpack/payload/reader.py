@@ -333,7 +333,7 @@ class Payload:
         _decode.check_readable(self.path, entry)
         dst = os.fspath(dst_path)
         directory = os.path.dirname(dst) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
+        tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp-{os.urandom(4).hex()}")
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o644)
         try:
             if entry.codec == Codec.NONE:

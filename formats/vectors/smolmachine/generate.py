@@ -66,8 +66,17 @@ def assemble(
     entry_tail: bytes = b"",
     index_tail: bytes = b"",
     entry_count: int | None = None,
+    reserved: bytes = b"",
 ) -> bytes:
-    """Lay out header, sections and index exactly as formats/smolmachine.md says."""
+    """Lay out header, sections and index exactly as formats/smolmachine.md says.
+
+    `reserved` (if given) is written into every reserved byte range instead of
+    zeros, as a newer minor might: readers must ignore it.
+    """
+
+    def fill(n: int) -> bytes:
+        return (reserved * n)[:n] if reserved else bytes(n)
+
     body = bytearray(header_size)
     entries = []
     for s in sections:
@@ -92,9 +101,10 @@ def assemble(
             raw_size,
             digest,
         )
+        entry = entry[:104] + fill(24)
         entries.append(entry + entry_tail.ljust(entry_size - 128, b"\0"))
     count = len(sections) if entry_count is None else entry_count
-    index = struct.pack("<II8x", count, entry_size) + b"".join(entries) + index_tail
+    index = struct.pack("<II", count, entry_size) + fill(8) + b"".join(entries) + index_tail
     index_offset = -(-len(body) // 8) * 8
     body.extend(bytes(index_offset - len(body)))
     fields: dict[str, Any] = {
@@ -110,6 +120,7 @@ def assemble(
     }
     fields.update(header or {})
     head = struct.pack("<8sHHII4xQQQ32s48x", *fields.values())
+    head = head[:20] + fill(4) + head[24:80] + fill(48)
     body[:128] = head
     body[128:header_size] = header_tail.ljust(header_size - 128, b"\0")
     return bytes(body) + index
@@ -195,6 +206,7 @@ def valid_vectors() -> dict[str, bytes]:
         entry_size=160,
         entry_tail=b"entry fields added in 1.3",
         index_tail=b"index trailer added in 1.3",
+        reserved=b"reserved-in-1.0 ",
     )
     return {
         "minimal.smolmachine": minimal,
@@ -311,7 +323,8 @@ VALID_NOTES = {
     "sample.smolmachine": "manifest, zstd kernel, sparse raw disk, a qemu state (zstd) and a "
     "krun state (raw memory.bin + zstd checkpoint.bin); PayloadWriter must reproduce it exactly",
     "future-minor.smolmachine": "version 1.3 with a 256-byte header, 160-byte entries, an index "
-    "trailer, an unknown section kind 42 and an unknown manifest key: a 1.0 reader reads it",
+    "trailer, non-zero reserved bytes, an unknown section kind 42 and an unknown manifest key: "
+    "a 1.0 reader reads it",
 }
 
 
