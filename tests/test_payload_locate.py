@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ def test_payload_in_a_real_elf_is_found_and_the_binary_still_runs(tmp_path: Path
         assert file_offset == origin + p.sections["disk"].offset
         assert file_offset % 16384 == 0
     assert subprocess.run([str(packed)]).returncode == 0
+    res = subprocess.run(
+        [sys.executable, "-m", "smolpack", "inspect", str(packed)], capture_output=True, text=True
+    )
+    assert res.returncode == 0
+    assert (
+        res.stdout.splitlines()[1] == f"  origin    {origin} (embedded in ELF at offset {origin})"
+    )
 
 
 @needs_objcopy
