@@ -1,0 +1,63 @@
+"""Shared helpers for the payload tests: sample inputs and the vector generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from smolpack.payload import Manifest, StateRef
+
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = REPO / "formats" / "vectors" / "smolmachine"
+
+
+def load_generator() -> ModuleType:
+    """formats/vectors/smolmachine/generate.py as a module (it is not a package)."""
+    name = "smolmachine_vectors_generate"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, VECTORS / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def sample_manifest(*sections: str) -> Manifest:
+    return Manifest(
+        smolpack_version="0.1.0",
+        created="2026-11-22T00:00:00Z",
+        guest_arch="x86_64",
+        machine={"memory_mib": 256},
+        states=(
+            (
+                StateRef(
+                    name="qemu-x86_64",
+                    engine="qemu",
+                    host_arch="x86_64",
+                    host_os="linux",
+                    sections=tuple(sections),
+                ),
+            )
+            if sections
+            else ()
+        ),
+    )
+
+
+def make_sparse(path: Path, size: int, chunks: dict[int, bytes]) -> None:
+    """A file of `size` bytes that is a hole except for `chunks` (offset -> data)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in chunks.items():
+            f.seek(offset)
+            f.write(data)
+
+
+def allocated(path: Path) -> int:
+    """Bytes actually allocated on disk."""
+    return os.stat(path).st_blocks * 512
