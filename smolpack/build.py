@@ -73,8 +73,12 @@ def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
             kernel_cmdline=KERNEL_CMDLINE,
         )
         qemu_machine = QemuMachine(
-            guest_arch=GUEST_ARCH, cpus=machine.cpus, memory_mib=machine.memory_mib,
-            kernel=kernel, cmdline=machine.kernel_cmdline, net=machine.net,
+            guest_arch=GUEST_ARCH,
+            cpus=machine.cpus,
+            memory_mib=machine.memory_mib,
+            kernel=kernel,
+            cmdline=machine.kernel_cmdline,
+            net=machine.net,
         )
         state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
         with progress.step(f"Writing {out.name}"):
@@ -84,8 +88,13 @@ def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
                 guest_arch=GUEST_ARCH,
                 machine=machine.to_dict(),
                 states=(
-                    StateRef(name=QEMU_STATE, engine="qemu", host_arch=GUEST_ARCH,
-                             host_os="linux", sections=(f"state/{QEMU_STATE}",)),
+                    StateRef(
+                        name=QEMU_STATE,
+                        engine="qemu",
+                        host_arch=GUEST_ARCH,
+                        host_os="linux",
+                        sections=(f"{QEMU_STATE}/migration",),
+                    ),
                 ),
             )
             with PayloadWriter(out) as writer:
@@ -94,20 +103,29 @@ def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
                 writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
                 # raw: QEMU reads the disk and the state in place, from inside the pack.
                 writer.add_file("disk", SectionKind.DISK, disk)
-                writer.add_file(f"state/{QEMU_STATE}", SectionKind.STATE, state)
+                writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, state)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _boot_build_and_save(config: SmolConfig, machine: MachineConfig, qemu_machine: QemuMachine,
-                         base: Path, work: Path, progress: Progress) -> tuple[Path, Path]:
+def _boot_build_and_save(
+    config: SmolConfig,
+    machine: MachineConfig,
+    qemu_machine: QemuMachine,
+    base: Path,
+    work: Path,
+    progress: Progress,
+) -> tuple[Path, Path]:
     overlay = work / "overlay.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
     state = work / "state.bin"
     with progress.step("Booting the build VM"):
-        vm = QemuVm(qemu_machine, RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
-                    run_dir=work)
+        vm = QemuVm(
+            qemu_machine,
+            RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
+            run_dir=work,
+        )
     try:
         session = handshake(vm.agent, timeout_s=BOOT_TIMEOUT_S)
         for number, step in enumerate(config.init, start=1):
@@ -131,8 +149,7 @@ def _boot_build_and_save(config: SmolConfig, machine: MachineConfig, qemu_machin
     return state, disk
 
 
-def _run_init_step(session: AgentSession, number: int, step: str,
-                   machine: MachineConfig) -> None:
+def _run_init_step(session: AgentSession, number: int, step: str, machine: MachineConfig) -> None:
     """Run one `init` step, streaming its output to stderr and keeping the last lines."""
     read_fd, write_fd = os.pipe()
     tail: deque[bytes] = deque(maxlen=5)
@@ -150,16 +167,23 @@ def _run_init_step(session: AgentSession, number: int, step: str,
     reader = threading.Thread(target=tee, daemon=True)
     reader.start()
     try:
-        code = session.run_build_step(["/bin/sh", "-c", step], env=machine.env,
-                                      cwd=machine.workdir, stdout_fd=write_fd, stderr_fd=write_fd)
+        code = session.run_build_step(
+            ["/bin/sh", "-c", step],
+            env=machine.env,
+            cwd=machine.workdir,
+            stdout_fd=write_fd,
+            stderr_fd=write_fd,
+        )
     finally:
         os.close(write_fd)
         reader.join()
         os.close(read_fd)
     if code != 0:
         last = " | ".join(line.decode(errors="replace").strip() for line in tail)
-        raise BuildError(f"init step {number} failed with exit code {code}: {step}"
-                         + (f" (last output: {last})" if last else ""))
+        raise BuildError(
+            f"init step {number} failed with exit code {code}: {step}"
+            + (f" (last output: {last})" if last else "")
+        )
 
 
 def _keep_console(vm: QemuVm, progress: Progress) -> None:

@@ -74,7 +74,9 @@ class MachineConfig:
         )
 
 
-def merge_env(image_env: tuple[str, ...], smolfile_env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+def merge_env(
+    image_env: tuple[str, ...], smolfile_env: tuple[tuple[str, str], ...]
+) -> tuple[str, ...]:
     """Image env first, the Smolfile's entries override by key; PATH always set."""
     merged: dict[str, str] = {"PATH": DEFAULT_PATH}
     for entry in image_env:

@@ -28,9 +28,9 @@ from pathlib import Path
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_file
-from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk
+from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.errors import EngineError, HostError
-from smolpack.host import find_qemu, host_arch
+from smolpack.host import find_qemu
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, open_payload
 
@@ -53,19 +53,31 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine)
         if options.engine == "krun":
-            raise HostError("the krun engine is not available in this build",
-                            hint="use --smol-engine=qemu")
+            raise HostError(
+                "the krun engine is not available in this build", hint="use --smol-engine=qemu"
+            )
         qemu = find_qemu(manifest.guest_arch)  # type: ignore[arg-type]
         state = None if options.cold else _qemu_state_section(payload)
         kernel = _kernel_file(payload)
         disk_offset, disk_size = payload.section_file_range("disk")
         vm_machine = QemuMachine(
-            guest_arch=manifest.guest_arch, cpus=machine.cpus, memory_mib=machine.memory_mib,
-            kernel=kernel, cmdline=machine.kernel_cmdline, net=machine.net,
+            guest_arch=manifest.guest_arch,
+            cpus=machine.cpus,
+            memory_mib=machine.memory_mib,
+            kernel=kernel,
+            cmdline=machine.kernel_cmdline,
+            net=machine.net,
         )
-        disk = RootDisk(path=Path(path).resolve(), offset=disk_offset, size=disk_size)
         timings = {"open": time.monotonic() - t0}
         with _run_dir(keep=options.debug) as run_dir:
+            # A fresh overlay per run: the shipped base disk is never written.
+            disk = RootDisk(
+                path=Path(path).resolve(),
+                offset=disk_offset,
+                size=disk_size,
+                overlay=run_dir / "overlay.qcow2",
+            )
+            create_overlay(disk.overlay, disk)
             vm = _start_vm(payload, vm_machine, disk, state, run_dir, str(qemu))
             try:
                 timings["vm"] = time.monotonic() - t0
@@ -101,8 +113,14 @@ def _kernel_file(payload: Payload) -> Path:
     return cached_file("kernel", digest, lambda tmp: payload.copy_section_to("kernel", tmp))
 
 
-def _start_vm(payload: Payload, machine: QemuMachine, disk: RootDisk, state: str | None,
-              run_dir: Path, qemu: str) -> QemuVm:
+def _start_vm(
+    payload: Payload,
+    machine: QemuMachine,
+    disk: RootDisk,
+    state: str | None,
+    run_dir: Path,
+    qemu: str,
+) -> QemuVm:
     if state is None:
         return QemuVm(machine, disk, run_dir=run_dir, binary=qemu)
     offset, _size = payload.section_file_range(state)
@@ -125,9 +143,15 @@ def _run(session: AgentSession, machine: MachineConfig, args: list[str]) -> int:
     tty = os.isatty(0) and os.isatty(1)
     rows, cols = _window_size() if tty else (0, 0)
     request = p.RunRequest(
-        argv=machine.argv(args), env=machine.env, cwd=machine.workdir, tty=tty,
-        power_off=True, tty_rows=rows, tty_cols=cols,
-        realtime_ns=time.time_ns(), entropy=os.urandom(64),
+        argv=machine.argv(args),
+        env=machine.env,
+        cwd=machine.workdir,
+        tty=tty,
+        power_off=True,
+        tty_rows=rows,
+        tty_cols=cols,
+        realtime_ns=time.time_ns(),
+        entropy=os.urandom(64),
     )
     with _forward_signals(session, tty), _raw_terminal(tty):
         return session.run(request, stdin_fd=0, stdout_fd=1, stderr_fd=2)

@@ -37,12 +37,18 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--cold", is_flag=True, help="Boot the VM instead of restoring its saved state.")
-@click.option("--engine", type=click.Choice(["auto", "qemu", "krun"]), default="auto",
-              show_default=True, help="Which hypervisor engine runs the VM.")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "qemu", "krun"]),
+    default="auto",
+    show_default=True,
+    help="Which hypervisor engine runs the VM.",
+)
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
-def run_cmd(target: Path, args: tuple[str, ...], cold: bool, engine: str, debug: bool,
-            quiet: bool) -> None:
+def run_cmd(
+    target: Path, args: tuple[str, ...], cold: bool, engine: str, debug: bool, quiet: bool
+) -> None:
     """Run a Smolfile's machine (building what is missing) or a .smolmachine pack.
 
     TARGET is a Smolfile, a directory holding one, or a .smolmachine file.
@@ -65,18 +71,30 @@ def run_cmd(target: Path, args: tuple[str, ...], cold: bool, engine: str, debug:
 
         config = _load(target)
         progress = Progress(quiet=quiet)
-        pack = cached_file("packs", input_digest(config),
-                           lambda tmp: build_payload(config, tmp, progress=progress))
+        pack = cached_file(
+            "packs", input_digest(config), lambda tmp: build_payload(config, tmp, progress=progress)
+        )
     code = run_payload(pack, list(args), options)
     raise SystemExit(code)
 
 
 @click.command("create")
 @click.argument("smolfile", type=click.Path(exists=True, path_type=Path), default=".")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Where to write the pack.")
-@click.option("--format", "fmt", type=click.Choice(["smolmachine"]), default="smolmachine",
-              show_default=True, help="What to write (the self-running executable comes next).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the pack.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["smolmachine"]),
+    default="smolmachine",
+    show_default=True,
+    help="What to write (the self-running executable comes next).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def create_cmd(smolfile: Path, output: Path, fmt: str, quiet: bool) -> None:
     """Build a pack from a Smolfile: boot it, run its init steps, save the warm VM.

@@ -30,6 +30,7 @@ AGENT_GUEST_PATH = "/smolpack/agent"
 # reboot into a QEMU exit: a crashed guest ends the run instead of hanging it.
 KERNEL_CMDLINE = f"console=hvc0 root=/dev/vda rw init={AGENT_GUEST_PATH} panic=-1 reboot=t quiet"
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QemuMachine:
     """Everything that shapes the guest-visible machine; equal for save and restore."""
@@ -49,49 +50,94 @@ class RootDisk:
     path: Path  # file holding the image (a .raw file, a payload or a packed tool)
     offset: int = 0  # where the image starts in that file
     size: int  # image size in bytes
-    overlay: Path | None = None  # writable qcow2 over it; None = throwaway overlay
+    overlay: Path  # writable qcow2 over it (see `create_overlay`); all writes go there
 
 
-def qemu_argv(machine: QemuMachine, disk: RootDisk, *, binary: str, accel: str, qmp_fd: int,
-              agent_fd: int, console_log: Path, incoming_fd: int | None) -> list[str]:
+def qemu_argv(
+    machine: QemuMachine,
+    disk: RootDisk,
+    *,
+    binary: str,
+    accel: str,
+    qmp_fd: int,
+    agent_fd: int,
+    console_log: Path,
+    incoming_fd: int | None,
+) -> list[str]:
     """The QEMU command line for one VM (the single definition of the device model)."""
     if machine.guest_arch != "x86_64":
         raise EngineError(f"the QEMU engine does not support {machine.guest_arch} guests yet")
-    if disk.overlay is not None:
-        # Build VM: a qcow2 whose backing file is the raw base; its content is the disk we ship.
-        drive = f"file={disk.overlay},format=qcow2,if=none,id=root,cache=unsafe"
-    else:
-        # Run VM: the base is read in place (offset/size inside the pack; never written)
-        # under a throwaway overlay QEMU creates and deletes itself.
-        drive = (
-            f"driver=raw,file.filename={disk.path},offset={disk.offset},size={disk.size},"
-            "read-only=on,snapshot=on,if=none,id=root"
-        )
+    # The base is read in place (offset/size: a section inside the pack), never written;
+    # every write lands in the qcow2 overlay above it. The backing link is given here, not
+    # taken from the overlay's header, so a run overlay needs no path to the pack in it.
+    base_file = f"driver=file,node-name=base-file,filename={disk.path},read-only=on"
+    base = (
+        f"driver=raw,node-name=base,file=base-file,offset={disk.offset},size={disk.size},"
+        "read-only=on"
+    )
+    top = (
+        f"driver=qcow2,node-name=root,file.driver=file,file.filename={disk.overlay},"
+        "backing=base,cache.no-flush=on"
+    )
     argv = [
         binary,
-        "-M", "microvm,acpi=off,pic=off,pit=on,rtc=off,isa-serial=off",
-        "-accel", accel,
-        "-cpu", "max",
-        "-smp", str(machine.cpus),
-        "-m", f"{machine.memory_mib}M",
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", str(machine.kernel),
-        "-append", machine.cmdline,
-        "-chardev", f"socket,id=qmp,fd={qmp_fd}",
-        "-mon", "chardev=qmp,mode=control",
-        "-device", "virtio-serial-device",
-        "-chardev", f"file,id=con,path={console_log}",
-        "-device", "virtconsole,chardev=con",
-        "-chardev", f"socket,id=agent,fd={agent_fd}",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
-        "-drive", drive,
-        "-device", "virtio-blk-device,drive=root",
+        "-M",
+        "microvm,acpi=off,pic=off,pit=on,rtc=off,isa-serial=off",
+        "-accel",
+        accel,
+        "-cpu",
+        "max",
+        "-smp",
+        str(machine.cpus),
+        "-m",
+        f"{machine.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        str(machine.kernel),
+        "-append",
+        machine.cmdline,
+        "-chardev",
+        f"socket,id=qmp,fd={qmp_fd}",
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        f"file,id=con,path={console_log}",
+        "-device",
+        "virtconsole,chardev=con",
+        "-chardev",
+        f"socket,id=agent,fd={agent_fd}",
+        "-device",
+        f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-blockdev",
+        base_file,
+        "-blockdev",
+        base,
+        "-blockdev",
+        top,
+        "-device",
+        "virtio-blk-device,drive=root",
     ]
     if machine.net:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
     if incoming_fd is not None:
         argv += ["-incoming", f"fd:{incoming_fd}"]
     return argv
+
+
+def create_overlay(path: Path, disk: RootDisk) -> None:
+    """Create an empty qcow2 overlay for `disk` (its backing is linked in `qemu_argv`)."""
+    res = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(disk.size)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise EngineError(f"cannot create the disk overlay: {res.stderr.strip()}")
 
 
 def _die_with_parent() -> None:
@@ -108,9 +154,16 @@ def _die_with_parent() -> None:
 class QemuVm:
     """A running QEMU process with its monitor and agent channel."""
 
-    def __init__(self, machine: QemuMachine, disk: RootDisk, *, run_dir: Path,
-                 accel: str = "tcg", incoming_fd: int | None = None,
-                 binary: str | None = None) -> None:
+    def __init__(
+        self,
+        machine: QemuMachine,
+        disk: RootDisk,
+        *,
+        run_dir: Path,
+        accel: str = "tcg",
+        incoming_fd: int | None = None,
+        binary: str | None = None,
+    ) -> None:
         self.machine = machine
         self.console_log = run_dir / "console.log"
         qmp_ours, qmp_theirs = socket.socketpair()
@@ -118,8 +171,13 @@ class QemuVm:
         self.agent = agent_ours
         self._qmp_sock = qmp_ours
         argv = qemu_argv(
-            machine, disk, binary=binary or f"qemu-system-{machine.guest_arch}", accel=accel, qmp_fd=qmp_theirs.fileno(),
-            agent_fd=agent_theirs.fileno(), console_log=self.console_log,
+            machine,
+            disk,
+            binary=binary or f"qemu-system-{machine.guest_arch}",
+            accel=accel,
+            qmp_fd=qmp_theirs.fileno(),
+            agent_fd=agent_theirs.fileno(),
+            console_log=self.console_log,
             incoming_fd=incoming_fd,
         )
         pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno()]
@@ -129,8 +187,12 @@ class QemuVm:
         try:
             with open(self._stderr_path, "wb") as err:
                 self.proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                    pass_fds=pass_fds, preexec_fn=_die_with_parent,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    pass_fds=pass_fds,
+                    preexec_fn=_die_with_parent,
                 )
         except FileNotFoundError as exc:
             raise EngineError(f"cannot start {argv[0]}: not found") from exc

@@ -26,8 +26,9 @@ class QmpClient:
         self._read_message(timeout_s)  # the greeting
         self.execute("qmp_capabilities")
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                *, fds: list[int] | None = None) -> Any:
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, *, fds: list[int] | None = None
+    ) -> Any:
         msg: dict[str, Any] = {"execute": command}
         if arguments:
             msg["arguments"] = arguments

@@ -1,0 +1,60 @@
+"""Helpers shared by the end-to-end tests (imported by conftest and the tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+APPLETS = [
+    "sh", "cat", "echo", "head", "od", "date", "sleep", "ls", "sync", "kill", "tty", "stty",
+    "env", "pwd", "printf", "test", "true", "false", "wc", "sha256sum", "mkdir", "rm", "dd",
+]  # fmt: skip
+
+
+def make_busybox_rootfs(dest: Path) -> Path:
+    """A minimal root tree: static busybox and a few applet links."""
+    if not Path(BUSYBOX).exists():
+        pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
+    for d in ("bin", "etc", "root", "tmp", "dev", "proc", "sys", "run"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(BUSYBOX, dest / "bin" / "busybox")
+    for applet in APPLETS:
+        (dest / "bin" / applet).symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return dest
+
+
+def smolpack(
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "smolpack", *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def qemu_pids() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm.startswith("qemu-system"):
+                pids.add(int(entry))
+    return pids
