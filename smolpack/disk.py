@@ -82,7 +82,7 @@ def source_epoch() -> int:
 
 
 def _add_extras(tree: Path, extras: Mapping[str, tuple[Path, int]], epoch: int) -> None:
-    writer = TreeWriter(tree)
+    writer = TreeWriter(tree, own_root=False)
     try:
         for guest, (host, mode) in extras.items():
             parts = split_name(guest)

@@ -37,6 +37,11 @@ class EntryMeta:
     mtime_ns: int
 
 
+# Metadata for directories an archive implies but does not list (mtime 0 keeps
+# the tree reproducible).
+_IMPLICIT_DIR = EntryMeta(mode=0o755, uid=0, gid=0, mtime_ns=0)
+
+
 def split_name(name: str) -> tuple[str, ...]:
     """Split an archive member name into components under the root.
 
@@ -53,11 +58,13 @@ def split_name(name: str) -> tuple[str, ...]:
 class TreeWriter:
     """Writes one merged root tree; `finish()` applies directory metadata last."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, own_root: bool = True) -> None:
+        """`own_root=False` leaves the root directory's metadata as it is (adding files)."""
         self._root_fd = os.open(root, _DIR_OPEN)
         # Directory metadata is applied at the end: adding children changes a
         # directory's mtime, and a 0o555 directory must stay writable meanwhile.
-        self._dirs: dict[tuple[str, ...], EntryMeta] = {}
+        # The root and parents an archive leaves out get _IMPLICIT_DIR, as tar does.
+        self._dirs: dict[tuple[str, ...], EntryMeta] = {(): _IMPLICIT_DIR} if own_root else {}
         # Entries written by the current layer, which that layer's own
         # whiteouts must not remove (OCI image spec, "Whiteouts").
         self._layer_paths: set[tuple[str, ...]] = set()
@@ -89,9 +96,7 @@ class TreeWriter:
                         raise EntryProblem(f"'{'/'.join(parts[: i + 1])}' does not exist") from None
                     # Archives may omit parent entries; tar creates them 0755.
                     os.mkdir(comp, 0o755, dir_fd=fd)
-                    self._dirs.setdefault(
-                        parts[: i + 1], EntryMeta(mode=0o755, uid=0, gid=0, mtime_ns=0)
-                    )
+                    self._dirs.setdefault(parts[: i + 1], _IMPLICIT_DIR)
                     nfd = os.open(comp, _DIR_OPEN, dir_fd=fd)
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
