@@ -1,0 +1,13 @@
+"""Create stage, image → root tree (formats/image-inputs.md).
+
+`prepare_rootfs(image, dest)` turns a rootfs directory, a rootfs tarball, an
+OCI image layout, an oci-archive or a `docker save` archive into one merged
+root tree and returns the image's defaults (Env, WorkingDir, Entrypoint, Cmd).
+"""
+
+from __future__ import annotations
+
+from smolpack.image._config import ImageDefaults
+from smolpack.image._resolve import ImageKind, detect_kind, prepare_rootfs
+
+__all__ = ["ImageDefaults", "ImageKind", "detect_kind", "prepare_rootfs"]

@@ -1,0 +1,239 @@
+"""Create stage, image → root tree: stream one (possibly compressed) tar into the tree.
+
+Implements formats/image-inputs.md, "Compression" and "Extraction rules". The
+archive is read strictly as a stream (mode `r|`), so a compressed layer is never
+decompressed to disk; a blob digest is computed over the bytes as they are read
+(`HashingReader`). Stricter than `tarfile` on purpose: an archive that ends
+without its end-of-archive block is reported as truncated, not silently cut.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import tarfile
+import zlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import zstandard
+
+from smolpack.errors import ImageError
+from smolpack.image._tree_writer import EntryMeta, EntryProblem, TreeWriter, split_name
+
+_READ_CHUNK = 1 << 20  # 1 MiB reads from the member stream
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+
+# Magic bytes → compression name (formats/image-inputs.md, "Compression").
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+
+
+class Readable(Protocol):
+    """The only file method the readers here need."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Corrupt(Exception):
+    """The compressed or tar stream is damaged; the text says how."""
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """`tarfile` ends the archive quietly at a short or bad header; we refuse."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            return super().fromtarfile(tarfile_)  # type: ignore[return-value]
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
+            raise _Corrupt("truncated tar (no end-of-archive marker)") from None
+        except tarfile.InvalidHeaderError:  # type: ignore[attr-defined]
+            raise _Corrupt("bad tar header checksum") from None
+
+
+class _Prefixed:
+    """A reader that first returns bytes already peeked from `raw`."""
+
+    def __init__(self, head: bytes, raw: Readable) -> None:
+        self._head = head
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                out, self._head = self._head + self._raw.read(), b""
+                return out
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._raw.read(n)
+
+
+class _Guarded:
+    """Turn every decompressor failure into `_Corrupt` so host I/O errors stay apart."""
+
+    def __init__(self, inner: Any, kind: str) -> None:
+        self._inner = inner
+        self._kind = kind
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self._inner.read(n)
+        except EOFError:
+            raise _Corrupt(f"truncated {self._kind} stream") from None
+        except (OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError):
+            raise _Corrupt(f"corrupt {self._kind} stream") from None
+        return data
+
+
+class HashingReader:
+    """Pass bytes through while computing their sha256 (an OCI blob check)."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_READ_CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """Compression named by the magic bytes, "tar" for plain tar, None if neither."""
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    if head[257:262] == b"ustar" or (len(head) >= 512 and not head[:512].strip(b"\0")):
+        return "tar"
+    return None
+
+
+def open_decompressed(raw: Readable, label: str) -> Readable:
+    """Wrap `raw` so it reads as a plain tar stream, choosing by magic bytes."""
+    head = raw.read(512)
+    kind = sniff_compression(head)
+    src = _Prefixed(head, raw)
+    if kind is None:
+        raise ImageError(f"{label}: not a tar archive (unknown format)")
+    if kind == "tar":
+        return src  # type: ignore[return-value]
+    inner: Any
+    if kind == "gzip":
+        inner = gzip.GzipFile(fileobj=src, mode="rb")
+    elif kind == "xz":
+        inner = lzma.LZMAFile(src)  # type: ignore[arg-type]
+    else:
+        # stream_reader returns b"" at a cut frame instead of raising; the strict
+        # tar reader (end-of-archive marker, member sizes) and blob digests catch that.
+        inner = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)  # type: ignore[arg-type]
+    return _Guarded(inner, kind)  # type: ignore[return-value]
+
+
+def _meta(member: tarfile.TarInfo) -> EntryMeta:
+    return EntryMeta(
+        mode=member.mode,
+        uid=member.uid,
+        gid=member.gid,
+        mtime_ns=int(member.mtime * 1_000_000_000),
+    )
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    prefix = "SCHILY.xattr."
+    return {
+        k[len(prefix) :]: v.encode("utf-8", "surrogateescape")
+        for k, v in member.pax_headers.items()
+        if k.startswith(prefix)
+    }
+
+
+def _chunks(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
+    fobj = tf.extractfile(member)
+    if fobj is None:
+        return
+    left = member.size
+    while left:
+        data = fobj.read(min(left, _READ_CHUNK))
+        if not data:
+            raise _Corrupt(f"truncated tar (archive ends inside member '{member.name}')")
+        left -= len(data)
+        yield data
+
+
+def _apply(writer: TreeWriter, tf: tarfile.TarFile, m: tarfile.TarInfo, *, layer: bool) -> None:
+    parts = split_name(m.name)
+    base = parts[-1] if parts else ""
+    if layer and base.startswith(_WHITEOUT):
+        if base == _OPAQUE:
+            writer.opaque(parts[:-1])
+        elif not base.startswith(_WHITEOUT + _WHITEOUT):  # .wh..wh.* is aufs bookkeeping
+            hidden = base[len(_WHITEOUT) :]
+            writer.whiteout((*parts[:-1], hidden))
+        return
+    if m.isreg():
+        if m.sparse is not None:  # type: ignore[attr-defined]
+            raise EntryProblem("GNU sparse members are not supported")
+        writer.add_file(parts, _meta(m), _chunks(tf, m), xattrs=_xattrs(m))
+    elif m.isdir():
+        writer.add_dir(parts, _meta(m))
+    elif m.issym():
+        writer.add_symlink(parts, _meta(m), m.linkname)
+    elif m.islnk():
+        writer.add_hardlink(parts, split_name(m.linkname))
+    elif m.isfifo():
+        writer.add_fifo(parts, _meta(m))
+    elif m.ischr() or m.isblk():
+        kind = "character" if m.ischr() else "block"
+        raise EntryProblem(f"{kind} device node refused (images may not carry device nodes)")
+    else:
+        raise EntryProblem(f"unsupported tar member type {m.type!r}")
+
+
+def extract_tar(raw: Readable, writer: TreeWriter, *, label: str, layer: bool) -> str:
+    """Apply one tar stream (any supported compression) to the tree.
+
+    `layer=True` interprets `.wh.` whiteouts as an image layer; a plain rootfs
+    tarball (`layer=False`) is extracted literally. `label` starts every error.
+    Returns the sha256 digest of the uncompressed tar (a Docker `diff_id`); the
+    stream is read to its end so a damaged compressed trailer is noticed too.
+    """
+    plain = HashingReader(open_decompressed(raw, label))
+    member_name = ""
+    try:
+        with tarfile.open(fileobj=plain, mode="r|", tarinfo=_StrictTarInfo) as tf:  # type: ignore[call-overload]
+            for member in tf:
+                member_name = member.name
+                _apply(writer, tf, member, layer=layer)
+            member_name = ""
+        plain.drain()
+        return plain.digest()
+    except EntryProblem as err:
+        raise ImageError(f"{label}: member '{member_name}': {err}") from None
+    except _Corrupt as err:
+        raise ImageError(f"{label}: {err}") from None
+    except tarfile.ReadError as err:
+        if member_name:
+            raise ImageError(
+                f"{label}: truncated tar (archive ends inside member '{member_name}')"
+            ) from None
+        raise ImageError(f"{label}: not a tar archive ({err})") from None
+    except tarfile.TarError as err:
+        raise ImageError(f"{label}: corrupt tar ({err})") from None
+    except OSError as err:
+        where = f"member '{member_name}'" if member_name else "extraction"
+        raise ImageError(f"{label}: {where}: cannot write to the tree: {err.strerror}") from None
