@@ -69,7 +69,7 @@ def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
             entrypoint=config.entrypoint or defaults.entrypoint,
             cmd=config.cmd or (defaults.cmd if not config.entrypoint else ()),
             env=merge_env(defaults.env, config.env),
-            workdir=config.workdir or defaults.workdir,
+            workdir=config.workdir or defaults.workdir or "",
             kernel_cmdline=KERNEL_CMDLINE,
         )
         qemu_machine = QemuMachine(
