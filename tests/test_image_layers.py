@@ -328,3 +328,14 @@ def test_manifest_media_type_is_checked(tmp_path: Path) -> None:
         " 'application/vnd.example.weird+json'"
     )
     assert OCI_MANIFEST != desc["mediaType"]
+
+
+@pytest.mark.parametrize("name", ["d/.wh...", "d/.wh..", "d/.wh."])
+def test_whiteout_of_dot_or_dotdot_is_refused(tmp_path: Path, name: str) -> None:
+    lower = make_tar([E("keep", data=b"k"), E("d/x", data=b"x")])
+    upper = make_tar([E(name, data=b"")])
+    oci = tmp_path / "oci"
+    write_oci(oci, [(lower, LAYER_TAR), (upper, LAYER_TAR)], config_doc())
+    with pytest.raises(ImageError) as exc:
+        prepare_rootfs(oci, tmp_path / "out")
+    assert str(exc.value) == f"{oci}: layer {sha(upper)}: member '{name}': whiteout names no entry"

@@ -183,6 +183,8 @@ def _apply(writer: TreeWriter, tf: tarfile.TarFile, m: tarfile.TarInfo, *, layer
             writer.opaque(parts[:-1])
         elif not base.startswith(_WHITEOUT + _WHITEOUT):  # .wh..wh.* is aufs bookkeeping
             hidden = base[len(_WHITEOUT) :]
+            if hidden in ("", ".", ".."):
+                raise EntryProblem("whiteout names no entry")
             writer.whiteout((*parts[:-1], hidden))
         return
     if m.isreg():
