@@ -328,3 +328,36 @@ def test_manifest_media_type_is_checked(tmp_path: Path) -> None:
         " 'application/vnd.example.weird+json'"
     )
     assert OCI_MANIFEST != desc["mediaType"]
+
+
+@pytest.mark.parametrize("name", ["d/.wh...", "d/.wh..", "d/.wh."])
+def test_whiteout_of_dot_or_dotdot_is_refused(tmp_path: Path, name: str) -> None:
+    lower = make_tar([E("keep", data=b"k"), E("d/x", data=b"x")])
+    upper = make_tar([E(name, data=b"")])
+    oci = tmp_path / "oci"
+    write_oci(oci, [(lower, LAYER_TAR), (upper, LAYER_TAR)], config_doc())
+    with pytest.raises(ImageError) as exc:
+        prepare_rootfs(oci, tmp_path / "out")
+    assert str(exc.value) == f"{oci}: layer {sha(upper)}: member '{name}': whiteout names no entry"
+
+
+def test_docker_archive_with_symlinked_duplicate_layer(tmp_path: Path) -> None:
+    """Classic `docker save` stores a repeated layer once and symlinks the other copy."""
+    layer = make_tar([E("same", data=b"s")])
+    config = dict(config_doc(), rootfs={"type": "layers", "diff_ids": [sha(layer)] * 2})
+    cbytes = json.dumps(config).encode()
+    cname = sha(cbytes).split(":")[1] + ".json"
+    manifest = [{"Config": cname, "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]
+    archive = tmp_path / "dup.tar"
+    archive.write_bytes(
+        make_tar(
+            [
+                E(cname, data=cbytes),
+                E("aaa/layer.tar", data=layer),
+                E("bbb/layer.tar", kind="sym", target="../aaa/layer.tar"),
+                E("manifest.json", data=json.dumps(manifest).encode()),
+            ]
+        )
+    )
+    prepare_rootfs(archive, tmp_path / "out")
+    assert (tmp_path / "out/same").read_bytes() == b"s"

@@ -229,3 +229,19 @@ def test_failure_empties_an_existing_empty_destination(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         prepare_rootfs(src, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_pax_xattrs_are_kept(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("ping")
+        ti.size = 4
+        ti.pax_headers = {"SCHILY.xattr.user.smolpack": "yes"}
+        tf.addfile(ti, io.BytesIO(b"ping"))
+    src = tmp_path / "x.tar"
+    src.write_bytes(buf.getvalue())
+    prepare_rootfs(src, tmp_path / "out")
+    assert os.getxattr(tmp_path / "out/ping", "user.smolpack") == b"yes"

@@ -1,5 +1,108 @@
-"""Placeholder; filled in by its own change."""
+"""`smolpack image ...`: developer commands for the image → tree → disk stages.
+
+`unpack` runs `prepare_rootfs` alone; `disk` runs it into a staging tree that is
+always removed, then `build_ext4` (formats/image-inputs.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
 
 import click
 
-COMMANDS: list[click.Command] = []
+from smolpack.errors import UsageError
+
+ARCH_CHOICES = click.Choice(["x86_64", "aarch64", "amd64", "arm64"])
+
+
+def _show_warnings() -> None:
+    log = logging.getLogger("smolpack.image")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def _parse_extra(spec: str) -> tuple[str, tuple[Path, int]]:
+    guest, sep, rest = spec.partition("=")
+    host, _, mode_text = rest.partition(":")
+    if not sep or not guest.startswith("/") or not host:
+        raise UsageError(f"--add {spec!r}: expected /GUEST/PATH=HOST_FILE[:MODE]")
+    try:
+        mode = int(mode_text, 8) if mode_text else 0o644
+    except ValueError:
+        raise UsageError(f"--add {spec!r}: mode {mode_text!r} is not octal") from None
+    return guest, (Path(host), mode)
+
+
+@click.group("image")
+def image() -> None:
+    """Turn an image into a root tree or an ext4 base disk (developer commands).
+
+    IMAGE may be a rootfs directory, a rootfs tarball (.tar, .tar.gz, .tar.zst),
+    an OCI image layout directory, an OCI archive or a `docker save` archive.
+    """
+
+
+@image.command("unpack")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--arch", type=ARCH_CHOICES, default="x86_64", show_default=True)
+def unpack(image_path: Path, dest: Path, arch: str) -> None:
+    """Unpack IMAGE into DEST (absent or empty) and print the image's defaults as JSON.
+
+    \b
+    Example:
+      smolpack image unpack ./alpine-oci ./rootfs
+    """
+    from smolpack.image import detect_kind, prepare_rootfs
+
+    _show_warnings()
+    kind = detect_kind(image_path)
+    defaults = prepare_rootfs(image_path, dest, arch=arch)
+    click.echo(f"unpacked {kind.value} {image_path} into {dest}", err=True)
+    doc = {
+        "env": dict(defaults.env),
+        "workdir": defaults.workdir,
+        "entrypoint": list(defaults.entrypoint),
+        "cmd": list(defaults.cmd),
+    }
+    click.echo(json.dumps(doc, indent=2))
+
+
+@image.command("disk")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
+@click.argument("out", metavar="OUT.img", type=click.Path(path_type=Path))
+@click.option("--arch", type=ARCH_CHOICES, default="x86_64", show_default=True)
+@click.option("--headroom-mib", type=click.IntRange(0), default=64, show_default=True)
+@click.option(
+    "--add",
+    "adds",
+    multiple=True,
+    metavar="/GUEST=HOST[:MODE]",
+    help="Also put HOST_FILE at /GUEST in the image (mode in octal, default 644).",
+)
+def disk(image_path: Path, out: Path, arch: str, headroom_mib: int, adds: tuple[str, ...]) -> None:
+    """Build an ext4 base disk OUT.img from IMAGE (reproducible; see SOURCE_DATE_EPOCH).
+
+    \b
+    Example:
+      smolpack image disk ./rootfs.tar.zst base.img --add /smolpack/agent=./agent:755
+    """
+    from smolpack.disk import build_ext4
+    from smolpack.image import prepare_rootfs
+
+    _show_warnings()
+    extras = dict(_parse_extra(spec) for spec in adds)
+    with tempfile.TemporaryDirectory(prefix="smolpack-tree-") as tmp:
+        tree = Path(tmp) / "root"
+        prepare_rootfs(image_path, tree, arch=arch)
+        build_ext4(tree, out, extra_files=extras, headroom_mib=headroom_mib)
+    click.echo(f"wrote {out} ({out.stat().st_size >> 20} MiB)", err=True)
+
+
+COMMANDS: list[click.Command] = [image]

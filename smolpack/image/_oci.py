@@ -14,7 +14,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, Protocol
 
 from smolpack.errors import ImageError
 from smolpack.image._tar_extract import HashingReader, extract_tar
@@ -56,7 +56,7 @@ class BlobSource(Protocol):
 
     def has(self, relpath: str) -> bool: ...
 
-    def open(self, relpath: str) -> BinaryIO: ...
+    def open(self, relpath: str) -> IO[bytes]: ...
 
 
 class DirSource:
@@ -69,7 +69,7 @@ class DirSource:
     def has(self, relpath: str) -> bool:
         return (self.root / relpath).is_file()
 
-    def open(self, relpath: str) -> BinaryIO:
+    def open(self, relpath: str) -> IO[bytes]:
         return (self.root / relpath).open("rb")
 
 
@@ -85,7 +85,7 @@ class TarSource:
         m = self._members.get(_norm(relpath))
         return m is not None and (m.isreg() or m.issym() or m.islnk())
 
-    def open(self, relpath: str) -> BinaryIO:
+    def open(self, relpath: str) -> IO[bytes]:
         member = self._members[_norm(relpath)]
         try:
             fobj = self._tf.extractfile(member)  # resolves in-archive links, never the host's

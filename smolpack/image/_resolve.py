@@ -175,7 +175,8 @@ def _plain_copy(path: Path, tmp: Path) -> Path:
         out = tmp / "image.tar"
         try:
             with out.open("wb") as dst:
-                shutil.copyfileobj(stream, dst, _COPY_CHUNK)  # type: ignore[misc]
+                while chunk := stream.read(_COPY_CHUNK):
+                    dst.write(chunk)
         except Exception as err:  # noqa: BLE001 - the stream's own failure text
             raise ImageError(f"{path}: {err}") from None
     return out

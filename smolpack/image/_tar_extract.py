@@ -50,7 +50,7 @@ class _StrictTarInfo(tarfile.TarInfo):
     @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
         try:
-            return super().fromtarfile(tarfile_)  # type: ignore[return-value]
+            return super().fromtarfile(tarfile_)
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
             raise _Corrupt("truncated tar (no end-of-archive marker)") from None
         except tarfile.InvalidHeaderError:  # type: ignore[attr-defined]
@@ -131,17 +131,17 @@ def open_decompressed(raw: Readable, label: str) -> Readable:
     if kind is None:
         raise ImageError(f"{label}: not a tar archive (unknown format)")
     if kind == "tar":
-        return src  # type: ignore[return-value]
+        return src
     inner: Any
     if kind == "gzip":
-        inner = gzip.GzipFile(fileobj=src, mode="rb")
+        inner = gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[call-overload]
     elif kind == "xz":
         inner = lzma.LZMAFile(src)  # type: ignore[arg-type]
     else:
         # stream_reader returns b"" at a cut frame instead of raising; the strict
         # tar reader (end-of-archive marker, member sizes) and blob digests catch that.
         inner = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)  # type: ignore[arg-type]
-    return _Guarded(inner, kind)  # type: ignore[return-value]
+    return _Guarded(inner, kind)
 
 
 def _meta(member: tarfile.TarInfo) -> EntryMeta:
@@ -183,10 +183,12 @@ def _apply(writer: TreeWriter, tf: tarfile.TarFile, m: tarfile.TarInfo, *, layer
             writer.opaque(parts[:-1])
         elif not base.startswith(_WHITEOUT + _WHITEOUT):  # .wh..wh.* is aufs bookkeeping
             hidden = base[len(_WHITEOUT) :]
+            if hidden in ("", ".", ".."):
+                raise EntryProblem("whiteout names no entry")
             writer.whiteout((*parts[:-1], hidden))
         return
     if m.isreg():
-        if m.sparse is not None:  # type: ignore[attr-defined]
+        if m.sparse is not None:
             raise EntryProblem("GNU sparse members are not supported")
         writer.add_file(parts, _meta(m), _chunks(tf, m), xattrs=_xattrs(m))
     elif m.isdir():
