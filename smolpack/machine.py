@@ -74,14 +74,9 @@ class MachineConfig:
         )
 
 
-def merge_env(
-    image_env: tuple[str, ...], smolfile_env: tuple[tuple[str, str], ...]
-) -> tuple[str, ...]:
-    """Image env first, the Smolfile's entries override by key; PATH always set."""
+def merge_env(*layers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """Later layers override earlier ones by key (image, then Smolfile); PATH always set."""
     merged: dict[str, str] = {"PATH": DEFAULT_PATH}
-    for entry in image_env:
-        key, _, value = entry.partition("=")
-        merged[key] = value
-    for key, value in smolfile_env:
-        merged[key] = value
+    for layer in layers:
+        merged.update(layer)
     return tuple(f"{k}={v}" for k, v in merged.items())
