@@ -199,6 +199,12 @@ static int next_frame(uint8_t *type, const uint8_t **body, uint32_t *len) {
     }
 }
 
+/* --port-fd mode: the host closed its end (read EOF or EPIPE). Stop the program, exit 0. */
+static void host_gone(void) {
+    if (state == RUNNING && !run.reaped) kill(-run.pid, SIGKILL);
+    _exit(0);
+}
+
 /* Write queued output to the channel; with block, until it is all written. */
 static void flush_out(int block) {
     while (buf_used(&outbuf)) {
@@ -211,7 +217,7 @@ static void flush_out(int block) {
             poll(&pf, 1, 100);
             continue;
         }
-        if (test_mode) _exit(1); /* the host end is gone */
+        if (test_mode) host_gone();
         /* VM modes: the host side is not connected (e.g. between save and restore). */
         buf_clear(&outbuf);
         port_backoff_until_ms = now_ms() + 50;
@@ -608,10 +614,7 @@ static void read_port(void) {
     ssize_t n = read(port_fd, data, sizeof data);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n <= 0) {
-        if (test_mode) { /* the host is gone: stop the program and exit */
-            if (state == RUNNING && !run.reaped) kill(-run.pid, SIGKILL);
-            _exit(0);
-        }
+        if (test_mode) host_gone();
         port_backoff_until_ms = now_ms() + 50; /* host side not connected; poll later */
         return;
     }
