@@ -233,7 +233,26 @@ static void mount_one(const char *src, const char *dst, const char *type, const 
         logmsg("mount %s: %s", dst, strerror(errno));
 }
 
+/* The kernel opens /dev/console as fds 0-2 for init only if the root fs has it. Hold the
+ * closed slots with placeholders so no later open() (the port!) lands on fd 2 and takes the
+ * agent's log lines; once devtmpfs is mounted they point at the console or /dev/null. */
+static int stdio_placeholders;
+static void hold_stdio(void) {
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/", O_RDONLY | O_DIRECTORY) == fd)
+            stdio_placeholders |= 1 << fd;
+}
+static void fix_stdio(void) {
+    if (!stdio_placeholders) return;
+    int c = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (c < 0) c = open("/dev/null", O_RDWR);
+    for (int fd = 0; c >= 0 && fd < 3; fd++)
+        if (stdio_placeholders & (1 << fd)) dup2(c, fd);
+    if (c > 2) close(c);
+}
+
 static void setup_guest(void) {
+    hold_stdio();
     mount_one("proc", "/proc", "proc", NULL);
     mount_one("sysfs", "/sys", "sysfs", NULL);
     mount_one("devtmpfs", "/dev", "devtmpfs", "mode=0755");
@@ -242,6 +261,7 @@ static void setup_guest(void) {
     mount_one("tmpfs", "/tmp", "tmpfs", "mode=1777");
     mount_one("tmpfs", "/run", "tmpfs", "mode=0755");
     if (access("/dev/ptmx", F_OK) != 0) symlink("pts/ptmx", "/dev/ptmx");
+    fix_stdio();
 
     char cmdline[4096] = {0}, host[65] = "smolpack";
     int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
