@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -241,3 +244,28 @@ def test_run_request_user_errors() -> None:
         p.RunRequest(argv=("env",), env=("NOEQUALS",)).encode()
     with pytest.raises(UsageError, match=r"too large \(1048680 bytes > 1 MiB RUN limit\)"):
         p.RunRequest(argv=("echo", "x" * p.MAX_BODY), env=()).encode()
+
+
+def test_launcher_side_modules_import_only_the_stdlib() -> None:
+    # protocol and session ride in the launcher stub: no click, zstandard or build side.
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys; import smolpack.agent.session, smolpack.agent.protocol;"
+        "print(sys.modules['smolpack'].__file__);"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " {'smolpack', 'click', 'zstandard', 'lief'})))"
+    )
+    # Not -I: `python -c` then puts the cwd (this checkout) first on sys.path, ahead of any
+    # editable install of another checkout.
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    where, modules = res.stdout.splitlines()
+    assert Path(where) == root / "smolpack" / "__init__.py"
+    assert modules.split() == [
+        "smolpack",
+        "smolpack.agent",
+        "smolpack.agent.protocol",
+        "smolpack.agent.session",
+        "smolpack.errors",
+    ]
