@@ -199,6 +199,12 @@ static int next_frame(uint8_t *type, const uint8_t **body, uint32_t *len) {
     }
 }
 
+/* --port-fd mode: the host closed its end (read EOF or EPIPE). Stop the program, exit 0. */
+static void host_gone(void) {
+    if (state == RUNNING && !run.reaped) kill(-run.pid, SIGKILL);
+    _exit(0);
+}
+
 /* Write queued output to the channel; with block, until it is all written. */
 static void flush_out(int block) {
     while (buf_used(&outbuf)) {
@@ -211,7 +217,7 @@ static void flush_out(int block) {
             poll(&pf, 1, 100);
             continue;
         }
-        if (test_mode) _exit(1); /* the host end is gone */
+        if (test_mode) host_gone();
         /* VM modes: the host side is not connected (e.g. between save and restore). */
         buf_clear(&outbuf);
         port_backoff_until_ms = now_ms() + 50;
@@ -227,7 +233,26 @@ static void mount_one(const char *src, const char *dst, const char *type, const 
         logmsg("mount %s: %s", dst, strerror(errno));
 }
 
+/* The kernel opens /dev/console as fds 0-2 for init only if the root fs has it. Hold the
+ * closed slots with placeholders so no later open() (the port!) lands on fd 2 and takes the
+ * agent's log lines; once devtmpfs is mounted they point at the console or /dev/null. */
+static int stdio_placeholders;
+static void hold_stdio(void) {
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/", O_RDONLY | O_DIRECTORY) == fd)
+            stdio_placeholders |= 1 << fd;
+}
+static void fix_stdio(void) {
+    if (!stdio_placeholders) return;
+    int c = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (c < 0) c = open("/dev/null", O_RDWR);
+    for (int fd = 0; c >= 0 && fd < 3; fd++)
+        if (stdio_placeholders & (1 << fd)) dup2(c, fd);
+    if (c > 2) close(c);
+}
+
 static void setup_guest(void) {
+    hold_stdio();
     mount_one("proc", "/proc", "proc", NULL);
     mount_one("sysfs", "/sys", "sysfs", NULL);
     mount_one("devtmpfs", "/dev", "devtmpfs", "mode=0755");
@@ -236,6 +261,7 @@ static void setup_guest(void) {
     mount_one("tmpfs", "/tmp", "tmpfs", "mode=1777");
     mount_one("tmpfs", "/run", "tmpfs", "mode=0755");
     if (access("/dev/ptmx", F_OK) != 0) symlink("pts/ptmx", "/dev/ptmx");
+    fix_stdio();
 
     char cmdline[4096] = {0}, host[65] = "smolpack";
     int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
@@ -608,10 +634,7 @@ static void read_port(void) {
     ssize_t n = read(port_fd, data, sizeof data);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n <= 0) {
-        if (test_mode) { /* the host is gone: stop the program and exit */
-            if (state == RUNNING && !run.reaped) kill(-run.pid, SIGKILL);
-            _exit(0);
-        }
+        if (test_mode) host_gone();
         port_backoff_until_ms = now_ms() + 50; /* host side not connected; poll later */
         return;
     }
