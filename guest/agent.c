@@ -352,6 +352,9 @@ static void feed_entropy(const uint8_t *bytes) {
     /* Crediting (root only) also mixes the bytes in; plain write only mixes. */
     if (geteuid() != 0 || ioctl(fd, SP_RNDADDENTROPY, &rpi) != 0)
         if (write(fd, bytes, 64) != 64) logmsg("write /dev/urandom: %s%s", strerror(errno), "");
+    /* Mixing alone does not change what a restored crng hands out next: force a reseed
+     * (RNDRESEEDCRNG, _IO('R', 0x07), root only) so two restores never share output. */
+    if (geteuid() == 0) (void)ioctl(fd, _IO('R', 0x07));
     close(fd);
 }
 
