@@ -5,7 +5,7 @@ stub, so it imports only what a run needs (stdlib, payload reader, engine,
 agent session, cache). Steps, top to bottom:
 
 1. open the payload (header + index checks only: cost independent of size);
-2. check that this host can run it and pick the engine;
+2. check that this host can run it and pick the engine and state (`engine.select`);
 3. materialize what must be a file (the kernel) into the content cache;
 4. restore the saved state (or cold boot when asked or when there is none);
 5. handshake with the agent, send RUN, pump stdio until EXIT;
@@ -28,11 +28,13 @@ from pathlib import Path
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_file
+from smolpack.engine import Vm
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
+from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import EngineError, HostError
-from smolpack.host import find_qemu
+from smolpack.host import host_arch, host_os, hypervisor_status
 from smolpack.machine import MachineConfig
-from smolpack.payload import Payload, open_payload
+from smolpack.payload import Manifest, Payload, open_payload
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -52,36 +54,16 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
     try:
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine)
-        if options.engine == "krun":
-            raise HostError(
-                "the krun engine is not available in this build", hint="use --smol-engine=qemu"
-            )
-        qemu = find_qemu(manifest.guest_arch)  # type: ignore[arg-type]
-        state = None if options.cold else _qemu_state_section(payload)
-        kernel = _kernel_file(payload)
-        disk_offset, disk_size = payload.section_file_range("disk")
-        vm_machine = QemuMachine(
-            guest_arch=manifest.guest_arch,
-            cpus=machine.cpus,
-            memory_mib=machine.memory_mib,
-            kernel=kernel,
-            cmdline=machine.kernel_cmdline,
-            net=machine.net,
-        )
+        plan = plan_run(manifest, host_facts(manifest), requested=options.engine, cold=options.cold)
+        if options.debug:
+            print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings = {"open": time.monotonic() - t0}
         with _run_dir(keep=options.debug) as run_dir:
-            # A fresh overlay per run: the shipped base disk is never written.
-            disk = RootDisk(
-                path=Path(path).resolve(),
-                offset=disk_offset,
-                size=disk_size,
-                overlay=run_dir / "overlay.qcow2",
-            )
-            create_overlay(disk.overlay, disk)
-            vm = _start_vm(payload, vm_machine, disk, state, run_dir, str(qemu))
+            vm = _start_vm(plan, payload, machine, run_dir)
             try:
                 timings["vm"] = time.monotonic() - t0
-                session = handshake(vm.agent, RESTORE_HANDSHAKE_S if state else BOOT_HANDSHAKE_S)
+                wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
+                session = handshake(vm.agent, wait)
                 timings["agent"] = time.monotonic() - t0
                 with session:
                     code = _run(session, machine, args)
@@ -94,18 +76,39 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
                 vm.close()
         if options.debug:
             steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
-            print(f"smolpack: {'restore' if state else 'cold boot'} {steps}", file=sys.stderr)
+            how = "restore" if plan.restores else "cold boot"
+            print(f"smolpack: {plan.engine} {how} {steps}", file=sys.stderr)
         return code
     finally:
         payload.close()
 
 
-def _qemu_state_section(payload: Payload) -> str | None:
-    """The section holding a QEMU state this host can restore, if the pack has one."""
-    for state in payload.manifest().states:
-        if state.engine == "qemu" and len(state.sections) == 1:
-            return state.sections[0]
-    return None
+def host_facts(manifest: Manifest) -> HostFacts:
+    """What this host offers for running `manifest` (cheap: a few file reads)."""
+    return HostFacts(
+        arch=host_arch(),
+        os=host_os(),
+        hypervisor=hypervisor_status(),
+        libkrun=_libkrun_source(),
+        qemu=shutil.which(f"qemu-system-{manifest.guest_arch}"),
+    )
+
+
+def _libkrun_source() -> str | None:
+    from smolpack.runtime_libs import find_runtime_libs
+
+    try:
+        return find_runtime_libs().source
+    except HostError:
+        return None
+
+
+def _start_vm(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
+    if plan.engine == "krun":
+        raise HostError(
+            "the krun engine is not available in this build", hint="use --smol-engine=qemu"
+        )
+    return _start_qemu(plan, payload, machine, run_dir)
 
 
 def _kernel_file(payload: Payload) -> Path:
@@ -113,22 +116,37 @@ def _kernel_file(payload: Payload) -> Path:
     return cached_file("kernel", digest, lambda tmp: payload.copy_section_to("kernel", tmp))
 
 
-def _start_vm(
-    payload: Payload,
-    machine: QemuMachine,
-    disk: RootDisk,
-    state: str | None,
-    run_dir: Path,
-    qemu: str,
+def _start_qemu(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path
 ) -> QemuVm:
-    if state is None:
-        return QemuVm(machine, disk, run_dir=run_dir, binary=qemu)
-    offset, _size = payload.section_file_range(state)
+    qemu_machine = QemuMachine(
+        guest_arch=payload.manifest().guest_arch,
+        cpus=machine.cpus,
+        memory_mib=machine.memory_mib,
+        kernel=_kernel_file(payload),
+        cmdline=machine.kernel_cmdline,
+        net=machine.net,
+    )
+    disk_offset, disk_size = payload.section_file_range("disk")
+    # A fresh overlay per run: the shipped base disk is never written.
+    disk = RootDisk(
+        path=Path(payload.path).resolve(),
+        offset=disk_offset,
+        size=disk_size,
+        overlay=run_dir / "overlay.qcow2",
+    )
+    create_overlay(disk.overlay, disk)
+    qemu, accel = str(plan.qemu), plan.accel or "tcg"
+    if plan.state is None:
+        return QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
+    if len(plan.state.sections) != 1:
+        raise EngineError(f"QEMU state {plan.state.name} must be one section")
+    offset, _size = payload.section_file_range(plan.state.sections[0])
     # QEMU reads the migration stream from this fd, from the section's start, in place.
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
-        vm = QemuVm(machine, disk, run_dir=run_dir, binary=qemu, incoming_fd=fd)
+        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
     finally:
         os.close(fd)
     try:
@@ -221,7 +239,7 @@ def _run_dir(*, keep: bool) -> Iterator[Path]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _show_console(vm: QemuVm) -> None:
+def _show_console(vm: Vm) -> None:
     with contextlib.suppress(OSError):
         tail = vm.console_log.read_text(errors="replace").strip().splitlines()[-20:]
         for line in tail:
