@@ -129,7 +129,9 @@ def _boot_build_and_save(
     try:
         session = handshake(vm.agent, timeout_s=BOOT_TIMEOUT_S)
         for number, step in enumerate(config.init, start=1):
-            with progress.step(f"init step {number}/{len(config.init)}: {step}"):
+            first, *more = step.strip().splitlines() or [""]
+            label = first + (f" (+{len(more)} lines)" if more else "")
+            with progress.step(f"init step {number}/{len(config.init)}: {label}"):
                 _run_init_step(session, number, step, machine)
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()

@@ -33,6 +33,7 @@ from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import EngineError, HostError
 from smolpack.host import host_arch, host_os, hypervisor_status
+from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
 from smolpack.payload import Manifest, Payload, open_payload
 
@@ -51,13 +52,17 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
     """Run the pack at `path` with `args`; return the guest program's exit code."""
     t0 = time.monotonic()
     payload = open_payload(path)
+    timings = {"open": time.monotonic() - t0}
     try:
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine)
+        # Every section is hashed once per file version before an engine reads it in place.
+        if ensure_verified(payload):
+            timings["verify"] = time.monotonic() - t0
         plan = plan_run(manifest, host_facts(manifest), requested=options.engine, cold=options.cold)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
-        timings = {"open": time.monotonic() - t0}
+        timings["plan"] = time.monotonic() - t0
         with _run_dir(keep=options.debug) as run_dir:
             vm = _start_vm(plan, payload, machine, run_dir)
             try:
@@ -183,17 +188,26 @@ def _window_size() -> tuple[int, int]:
     return size.lines, size.columns
 
 
+# A frozen launcher (PyInstaller onefile) is two processes: the bootloader forwards every
+# signal it gets to the Python child, and a terminal's Ctrl-C reaches both of them, so one
+# keypress can arrive twice a few ms apart. SIGINTs closer than this count as one.
+SIGINT_DEBOUNCE_S = 0.3
+
+
 @contextlib.contextmanager
 def _forward_signals(session: AgentSession, tty: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP go to the guest program; a second SIGINT aborts the run."""
-    interrupted = False
+    """SIGINT/SIGTERM/SIGHUP go to the guest program; a second Ctrl-C aborts the run."""
+    first_sigint: float | None = None
 
     def forward(signo: int, _frame: object) -> None:
-        nonlocal interrupted
+        nonlocal first_sigint
         if signo == signal.SIGINT:
-            if interrupted:
+            now = time.monotonic()
+            if first_sigint is not None:
+                if now - first_sigint < SIGINT_DEBOUNCE_S:
+                    return  # the same Ctrl-C, delivered twice
                 raise KeyboardInterrupt
-            interrupted = True
+            first_sigint = now
         session.forward_signal(signo)
 
     def resize(_signo: int, _frame: object) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -91,8 +90,13 @@ def _smolmachines_dirs() -> list[Path]:
     """Directories of the installed `smolmachines` package, without importing it."""
     dirs: list[Path] = []
     try:
-        files = importlib.metadata.files("smolmachines") or []
-    except importlib.metadata.PackageNotFoundError:
+        # Imported here: the frozen launcher leaves importlib.metadata out (no packages).
+        import importlib.metadata as metadata
+    except ImportError:
+        return dirs
+    try:
+        files = metadata.files("smolmachines") or []
+    except metadata.PackageNotFoundError:
         files = []
     for f in files:
         if f.parts[:1] == ("smol",) and f.name.startswith("libkrun"):

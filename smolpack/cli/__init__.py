@@ -41,9 +41,11 @@ def _register() -> None:
         _payload_cmds,
         _run_cmds,
         _smolfile_cmds,
+        _stub_cmds,
     )
 
-    for module in (_run_cmds, _smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds):
+    modules = (_run_cmds, _smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds, _stub_cmds)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -85,22 +86,33 @@ def run_cmd(
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="Where to write the pack.",
+    help="Where to write the tool (or the .smolmachine payload).",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["smolmachine"]),
-    default="smolmachine",
-    show_default=True,
-    help="What to write (the self-running executable comes next).",
+    type=click.Choice(["exe", "smolmachine"]),
+    help="exe: one self-running executable (default); smolmachine: the bare payload, for"
+    " `smolpack run`. Default: smolmachine when OUTPUT ends in .smolmachine, else exe.",
+)
+@click.option(
+    "--target",
+    metavar="HOST",
+    help="Host the executable runs on: linux-x86_64, linux-aarch64 or macos-arm64."
+    " Default: this host.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def create_cmd(smolfile: Path, output: Path, fmt: str, quiet: bool) -> None:
-    """Build a pack from a Smolfile: boot it, run its init steps, save the warm VM.
+def create_cmd(
+    smolfile: Path, output: Path, fmt: str | None, target: str | None, quiet: bool
+) -> None:
+    """Build a tool from a Smolfile: boot it, run its init steps, save the warm VM.
+
+    The result is one executable that restores that VM and runs the Smolfile's
+    entrypoint with its own arguments: `./tool args...`.
 
     \b
-    Example:
+    Examples:
+      smolpack create -o hello examples/hello && ./hello
       smolpack create -o hello.smolmachine examples/hello
       smolpack run hello.smolmachine -- world
     """
@@ -108,9 +120,30 @@ def create_cmd(smolfile: Path, output: Path, fmt: str, quiet: bool) -> None:
 
     if output.is_dir():
         raise UsageError(f"{output} is a directory; give the file to write")
+    if fmt is None:
+        fmt = "smolmachine" if output.suffix == ".smolmachine" else "exe"
+    if fmt == "smolmachine" and target is not None:
+        raise UsageError("--target applies to executables; a .smolmachine runs on any host")
     config = _load(smolfile)
     progress = Progress(quiet=quiet)
-    build_payload(config, output.resolve(), progress=progress)
+    output = output.resolve()
+    if fmt == "smolmachine":
+        build_payload(config, output, progress=progress)
+    else:
+        from smolpack.embed import embed_payload
+        from smolpack.stub_build import check_target, find_stub, host_target
+
+        target = check_target(target or host_target())
+        # Find the stub first: a missing one should fail before minutes of building.
+        with progress.step(f"Preparing the launcher stub for {target}"):
+            stub = find_stub(target)
+        payload = output.with_name(f".{output.name}.payload-{os.urandom(4).hex()}")
+        try:
+            build_payload(config, payload, progress=progress)
+            with progress.step(f"Embedding the pack into {output.name}"):
+                embed_payload(stub, payload, output)
+        finally:
+            payload.unlink(missing_ok=True)
     progress.note(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -1,0 +1,153 @@
+"""The packed tool's entry point: `./tool args...` (run stage; issue "One file users just run").
+
+`stub/launcher.py` (the PyInstaller entry script) calls `main`. Every argument belongs to the
+tool, except the reserved `--smol-*` namespace, which the launcher takes out wherever it
+appears:
+
+    --smol-help            what the launcher options are
+    --smol-version         smolpack version of this launcher
+    --smol-info            what the pack holds, which engine would run it and why
+    --smol-engine=E        auto (default), krun or qemu   (env: SMOLPACK_ENGINE)
+    --smol-cold            boot the VM instead of restoring its saved state
+    --smol-debug           timings, the console log on failure, keep the run files
+
+The tool's own exit status passes through unchanged; the launcher's own failures print one
+`Error:` line and use the reserved block of formats/exit-codes.md (110-125). Only `main`
+calls `sys.exit`.
+
+Imports: stdlib at the top; the payload reader and the runner inside functions, so
+`--smol-version` and `--smol-help` cost no more than the interpreter itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import NoReturn
+
+PREFIX = "--smol-"
+FLAGS = ("help", "version", "info", "cold", "debug")
+ENV_ENGINE = "SMOLPACK_ENGINE"
+
+HELP = """\
+{name}: a smolpack tool (a Linux microVM packed into one executable).
+
+Every argument goes to the tool inside the VM; its exit code is this program's.
+Launcher options (reserved namespace, accepted anywhere on the command line):
+
+  --smol-help            show this help
+  --smol-version         show the smolpack version of this launcher
+  --smol-info            show what is packed and which engine would run it, and why
+  --smol-engine=ENGINE   auto (default), krun or qemu
+  --smol-cold            boot the VM instead of restoring its saved state
+  --smol-debug           print timings and the VM console on failure; keep run files
+
+Environment:
+  SMOLPACK_ENGINE        default for --smol-engine
+  SMOLPACK_CACHE_DIR     where files materialized from the pack are cached
+                         (default ~/.cache/smolpack)
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchOptions:
+    help: bool = False  # --smol-help
+    version: bool = False  # --smol-version
+    info: bool = False  # --smol-info
+    cold: bool = False  # --smol-cold
+    debug: bool = False  # --smol-debug
+    engine: str = "auto"  # --smol-engine / SMOLPACK_ENGINE
+
+
+def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple[
+    LaunchOptions, list[str]
+]:  # fmt: skip
+    """Split `argv` (without argv[0]) into launcher options and the tool's arguments."""
+    from smolpack.errors import UsageError
+
+    values: dict[str, object] = {"engine": env.get(ENV_ENGINE) or "auto"}
+    tool_args: list[str] = []
+    for arg in argv:
+        if not arg.startswith(PREFIX):
+            tool_args.append(arg)
+            continue
+        name, eq, value = arg[len(PREFIX) :].partition("=")
+        if name in FLAGS and not eq:
+            values[name] = True
+        elif name == "engine" and eq:
+            values["engine"] = value
+        elif name == "engine":
+            raise UsageError("--smol-engine needs a value: --smol-engine=auto|krun|qemu")
+        else:
+            raise UsageError(f"unknown launcher option {arg} (see --smol-help)")
+    if values["engine"] not in ("auto", "krun", "qemu"):
+        source = (
+            "--smol-engine" if any(a.startswith(PREFIX + "engine") for a in argv) else ENV_ENGINE
+        )
+        raise UsageError(f"{source} must be auto, krun or qemu (got {values['engine']!r})")
+    return LaunchOptions(**values), tool_args  # type: ignore[arg-type]
+
+
+def self_path() -> str:
+    """The packed executable this process runs from (the file carrying the payload)."""
+    if getattr(sys, "frozen", False):
+        # PyInstaller onefile: sys.executable is the packed file itself, not the extracted
+        # interpreter (which lives under sys._MEIPASS).
+        return os.path.realpath(sys.executable)
+    return os.path.realpath(sys.argv[0])
+
+
+def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
+    """Run the tool; `pack` overrides the file carrying the payload (tests, `python -m`)."""
+    from smolpack import __version__
+    from smolpack.errors import SmolpackError, launcher_exit_code
+
+    argv = sys.argv[1:] if argv is None else argv
+    name = os.path.basename(sys.argv[0]) or "tool"
+    try:
+        opts, tool_args = parse_args(argv, os.environ)
+        if opts.help:
+            sys.stdout.write(HELP.format(name=name))
+            sys.exit(0)
+        if opts.version:
+            print(f"smolpack launcher {__version__}")
+            sys.exit(0)
+        path = pack or self_path()
+        if opts.info:
+            from smolpack.launcher_info import print_info
+
+            print_info(path, opts.engine, opts.cold)
+            sys.exit(0)
+        from smolpack.runner import RunOptions, run_payload
+
+        options = RunOptions(engine=opts.engine, cold=opts.cold, debug=opts.debug)
+        sys.exit(run_payload(path, tool_args, options))
+    except SmolpackError as err:
+        err.show()
+        sys.exit(launcher_exit_code(err))
+    except KeyboardInterrupt:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place launcher bugs are reported
+        _report_bug(exc, __version__)
+        sys.exit(125)
+
+
+def _report_bug(exc: BaseException, version: str) -> None:
+    import platform
+
+    print(
+        f"smolpack launcher {version} hit an internal error: {type(exc).__name__}: {exc}\n"
+        f"  platform: {platform.platform()}\n"
+        f"  argv: {sys.argv!r}\n"
+        "  This is a bug in smolpack; please report it with the lines above"
+        " (run with --smol-debug for the traceback).",
+        file=sys.stderr,
+    )
+    if "--smol-debug" in sys.argv:
+        import traceback
+
+        traceback.print_exception(exc)

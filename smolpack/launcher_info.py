@@ -1,0 +1,46 @@
+"""`./tool --smol-info`: what the pack holds, which engine would run it here, and why.
+
+Run stage, read-only: opens the payload (header + index only), describes the machine and
+asks `engine.select.plan_run` the same question a real run asks, without starting anything.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from smolpack.engine.select import plan_run
+from smolpack.errors import HostError
+from smolpack.machine import MachineConfig
+from smolpack.payload import open_payload
+from smolpack.payload.describe import describe, render_text
+
+
+def info_text(path: str, engine: str, cold: bool) -> str:
+    from smolpack.runner import host_facts
+
+    with open_payload(path) as payload:
+        info = describe(payload)
+        manifest = payload.manifest()
+    machine = MachineConfig.from_dict(manifest.machine)
+    try:
+        plan = plan_run(manifest, host_facts(manifest), requested=engine, cold=cold)
+        how = plan.reason
+    except HostError as err:
+        how = f"none: {err.message}"
+    default_run = shlex.join(machine.argv([])) or "(nothing: give a command)"
+    lines = [
+        render_text(info),
+        "",
+        f"machine   {machine.cpus} vCPU, {machine.memory_mib} MiB RAM,"
+        f" network {'on' if machine.net else 'off'}",
+        f"runs      {default_run}",
+        f"          with your arguments: {shlex.join(machine.entrypoint) or '(the arguments)'}"
+        + (" ARGS..." if machine.entrypoint else ""),
+        f"workdir   {machine.workdir or '/'}",
+        f"engine    {how}",
+    ]
+    return "\n".join(lines)
+
+
+def print_info(path: str, engine: str, cold: bool) -> None:
+    print(info_text(path, engine, cold))
