@@ -21,7 +21,7 @@ def info_text(path: str, engine: str, cold: bool) -> str:
     with open_payload(path) as payload:
         info = describe(payload)
         manifest = payload.manifest()
-    machine = MachineConfig.from_dict(manifest.machine)
+    machine = MachineConfig.from_dict(manifest.machine, label=path)
     try:
         plan = plan_run(manifest, host_facts(manifest), requested=engine, cold=cold)
         how = plan.reason

@@ -54,11 +54,11 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
     payload = open_payload(path)
     timings = {"open": time.monotonic() - t0}
     try:
-        manifest = payload.manifest()
-        machine = MachineConfig.from_dict(manifest.machine)
-        # Every section is hashed once per file version before an engine reads it in place.
+        # Every section is hashed once per file version before anything trusts it.
         if ensure_verified(payload):
             timings["verify"] = time.monotonic() - t0
+        manifest = payload.manifest()
+        machine = MachineConfig.from_dict(manifest.machine, label=str(path))
         plan = plan_run(manifest, host_facts(manifest), requested=options.engine, cold=options.cold)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)

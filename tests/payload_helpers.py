@@ -61,3 +61,41 @@ def make_sparse(path: Path, size: int, chunks: dict[int, bytes]) -> None:
 def allocated(path: Path) -> int:
     """Bytes actually allocated on disk."""
     return os.stat(path).st_blocks * 512
+
+
+def write_fake_pack(path: Path, *, disk: bytes = b"smolpack test disk\n" * 64) -> Path:
+    """A well-formed pack with a real machine config whose kernel, disk and state are not
+    bootable: for launcher paths that stop before a VM starts (info, integrity, errors)."""
+    from smolpack.payload import PayloadWriter, SectionKind
+    from smolpack.payload.layout import Codec
+
+    manifest = Manifest(
+        smolpack_version="0.1.0",
+        created="2026-11-23T00:00:00Z",
+        guest_arch="x86_64",
+        machine={
+            "cpus": 1,
+            "memory_mib": 256,
+            "net": False,
+            "entrypoint": ["/bin/sh", "-c"],
+            "cmd": ["echo hi"],
+            "env": ["PATH=/bin"],
+            "workdir": "/root",
+            "kernel_cmdline": "console=hvc0",
+        },  # fmt: skip
+        states=(
+            StateRef(
+                name="qemu-x86_64",
+                engine="qemu",
+                host_arch="x86_64",
+                host_os="linux",
+                sections=("qemu-x86_64/migration",),
+            ),  # fmt: skip
+        ),
+    )
+    with PayloadWriter(path) as writer:
+        writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
+        writer.add_bytes("kernel", SectionKind.KERNEL, b"not a kernel\n" * 100, codec=Codec.ZSTD)
+        writer.add_bytes("disk", SectionKind.DISK, disk)
+        writer.add_bytes("qemu-x86_64/migration", SectionKind.STATE, b"not a state\n")
+    return path

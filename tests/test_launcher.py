@@ -1,0 +1,132 @@
+"""The launcher's own surface, unfrozen: option parsing, help, info, errors and exit codes.
+
+The frozen stub runs the very same `smolpack.launcher.main`; tests/e2e/test_tool.py runs
+real packed executables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from payload_helpers import REPO, VECTORS, write_fake_pack
+
+from smolpack import __version__
+from smolpack.errors import UsageError
+from smolpack.launcher import LaunchOptions, parse_args
+
+SAMPLE = VECTORS / "valid" / "sample.smolmachine"
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> Path:
+    return write_fake_pack(tmp_path / "fake.smolmachine")
+
+
+def launch(*args: str, pack: Path = SAMPLE, **env: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; from smolpack.launcher import main; main(sys.argv[1:], pack={str(pack)!r})"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+
+
+def test_every_other_argument_belongs_to_the_tool() -> None:
+    opts, args = parse_args(["--help", "-v", "--smol-cold", "x", "--", "--smol"], {})
+    assert opts == LaunchOptions(cold=True)
+    assert args == ["--help", "-v", "x", "--", "--smol"]
+
+
+def test_engine_from_option_beats_environment() -> None:
+    env = {"SMOLPACK_ENGINE": "krun"}
+    assert parse_args([], env)[0].engine == "krun"
+    assert parse_args(["--smol-engine=qemu"], env)[0].engine == "qemu"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--smol-frobnicate"], {}, "unknown launcher option --smol-frobnicate (see --smol-help)"),
+        (["--smol-cold=yes"], {}, "unknown launcher option --smol-cold=yes (see --smol-help)"),
+        (["--smol-engine"], {}, "--smol-engine needs a value: --smol-engine=auto|krun|qemu"),
+        (["--smol-engine=kvm"], {}, "--smol-engine must be auto, krun or qemu (got 'kvm')"),
+        (
+            [],
+            {"SMOLPACK_ENGINE": "fast"},
+            "SMOLPACK_ENGINE must be auto, krun or qemu (got 'fast')",
+        ),
+    ],
+)
+def test_bad_launcher_options(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_args(argv, env)
+    assert str(err.value) == message
+
+
+def test_help_and_version_do_not_need_a_payload(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing"
+    res = launch("--smol-help", pack=missing)
+    assert res.returncode == 0
+    assert "--smol-engine=ENGINE   auto (default), krun or qemu" in res.stdout
+    res = launch("--smol-version", pack=missing)
+    assert (res.returncode, res.stdout) == (0, f"smolpack launcher {__version__}\n")
+
+
+def test_bad_option_exits_123_with_one_line() -> None:
+    res = launch("--smol-nope")
+    assert res.returncode == 123
+    assert res.stderr == "Error: unknown launcher option --smol-nope (see --smol-help)\n"
+
+
+def test_info_names_the_machine_and_the_engine(pack: Path) -> None:
+    res = launch("--smol-info", pack=pack)
+    assert res.returncode == 0, res.stderr
+    assert "qemu-x86_64: qemu on linux/x86_64" in res.stdout
+    assert "machine   1 vCPU, 256 MiB RAM, network off\n" in res.stdout
+    assert "runs      /bin/sh -c 'echo hi'\n" in res.stdout
+    assert "workdir   /root\n" in res.stdout
+    engine = [line for line in res.stdout.splitlines() if line.startswith("engine ")]
+    assert len(engine) == 1
+    assert engine[0].startswith("engine    qemu (tcg), restoring qemu-x86_64: ") or engine[
+        0
+    ].startswith("engine    krun")
+
+
+def test_info_when_forced_engine_cannot_run(pack: Path) -> None:
+    res = launch("--smol-info", "--smol-engine=qemu", pack=pack, PATH="/nonexistent")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == (
+        "engine    none: qemu-system-x86_64 not found on PATH;"
+        " install QEMU or use --smol-engine=krun"
+    )
+
+
+def test_damaged_payload_exits_with_its_own_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.smolmachine"
+    bad.write_bytes(b"not a payload at all")
+    res = launch("--smol-info", pack=bad)
+    assert res.returncode == 111
+    assert res.stderr == f"Error: {bad}: not a .smolmachine payload or packed executable\n"
+
+
+def test_flipped_byte_in_a_section_refuses_to_run(pack: Path, tmp_path: Path) -> None:
+    from smolpack.payload import open_payload
+
+    with open_payload(pack) as payload:
+        disk_at, _ = payload.section_file_range("disk")
+    with open(pack, "r+b") as f:
+        f.seek(disk_at + 100)
+        byte = f.read(1)
+        f.seek(disk_at + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    res = launch("true", pack=pack, SMOLPACK_CACHE_DIR=str(tmp_path / "cache"))
+    assert res.returncode == 114
+    assert res.stderr.startswith(f"Error: {pack}: section 'disk' ")
+    assert res.stderr.count("\n") == 1
