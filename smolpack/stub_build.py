@@ -7,7 +7,8 @@ executable; `smolpack.embed` then adds the payload to a copy of it. One stub per
 
 PyInstaller is not a cross-compiler, so this host builds only its own target; stubs for the
 others are built on those hosts (release/build-stubs.sh, the CI matrix in release/) and found
-in `SMOLPACK_STUB_DIR/<target>/smolstub` or the cache.
+in `SMOLPACK_STUB_DIR/<target>/smolstub`, in the package (`smolpack/_stubs/<target>/`,
+filled by the release workflow) or in the cache (`<cache>/stubs/<target>/smolstub`).
 
 Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine imports):
 - `--onefile --strip` plus `STUB_EXCLUDES`: 4.2 MB and ~90 ms to `--smol-version`, against
@@ -79,14 +80,18 @@ def check_target(target: str) -> str:
     return target
 
 
-def find_stub(target: str, *, progress_note: object = None) -> Path:
-    """The stub for `target`: built here for this host, else looked up (HostError if absent)."""
+def find_stub(target: str) -> Path:
+    """The stub for `target`: given, shipped, or built here for this host (else HostError)."""
     check_target(target)
     env_dir = os.environ.get(ENV_STUB_DIR)
     if env_dir:
         candidate = Path(env_dir) / target / STUB_NAME
         if candidate.is_file():
             return candidate
+    # Shipped with the package by the release workflow (release/workflows/release.yml).
+    shipped = Path(smolpack.__file__).resolve().parent / "_stubs" / target / STUB_NAME
+    if shipped.is_file():
+        return shipped
     if target == host_target():
         return build_stub()
     published = cache_root() / "stubs" / target / STUB_NAME
