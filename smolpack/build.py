@@ -33,10 +33,11 @@ from smolpack.errors import BuildError, HostError
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
+from smolpack.pack_libs import section_names
 from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, created_now
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
-from smolpack.runtime_libs import find_runtime_libs
+from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
 from smolpack.smolfile import SmolConfig, require_local_image
 
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
@@ -46,8 +47,18 @@ QEMU_STATE = f"qemu-{GUEST_ARCH}"
 BUILD_RECIPE = "1"
 
 
-def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
-    """Build the pack described by `config` (already `packed()`) into `out`."""
+def build_payload(
+    config: SmolConfig,
+    out: Path,
+    *,
+    progress: Progress,
+    host_libs: tuple[str, RuntimeLibs] | None = None,
+) -> Path:
+    """Build the pack described by `config` (already `packed()`) into `out`.
+
+    `host_libs` (target, libraries): carry that host's libkrun + libkrunfw in the pack
+    (formats/smolmachine.md, "Host libraries"), as packed executables do.
+    """
     image = require_local_image(config)
     assert image.path is not None
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
@@ -104,6 +115,11 @@ def build_payload(config: SmolConfig, out: Path, *, progress: Progress) -> Path:
                 # raw: QEMU reads the disk and the state in place, from inside the pack.
                 writer.add_file("disk", SectionKind.DISK, disk)
                 writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, state)
+                if host_libs is not None:
+                    target, libs = host_libs
+                    paths = (libs.libkrun_path, libs.libkrunfw_path)
+                    for name, path in zip(section_names(target), paths, strict=True):
+                        writer.add_file(name, SectionKind.LIBRARY, path, codec=Codec.ZSTD)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

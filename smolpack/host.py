@@ -53,6 +53,14 @@ def host_os() -> str:
     return platform.system().lower() or sys.platform
 
 
+def host_target() -> str:
+    """This host as a launcher-stub target: linux-x86_64, linux-aarch64, macos-arm64."""
+    os_name, arch = host_os(), host_arch()
+    if os_name == "macos":
+        return "macos-arm64" if arch == "aarch64" else "macos-x86_64"
+    return f"{os_name}-{arch}"
+
+
 class KvmStatus(NamedTuple):
     """Whether a normal guest kernel can run on this host's hypervisor, and why."""
 

@@ -21,9 +21,10 @@ def info_text(path: str, engine: str, cold: bool) -> str:
     with open_payload(path) as payload:
         info = describe(payload)
         manifest = payload.manifest()
+        facts = host_facts(payload)
     machine = MachineConfig.from_dict(manifest.machine, label=path)
     try:
-        plan = plan_run(manifest, host_facts(manifest), requested=engine, cold=cold)
+        plan = plan_run(manifest, facts, requested=engine, cold=cold)
         how = plan.reason
     except HostError as err:
         how = f"none: {err.message}"

@@ -32,10 +32,10 @@ from smolpack.engine import Vm
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import EngineError, HostError
-from smolpack.host import host_arch, host_os, hypervisor_status
+from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
-from smolpack.payload import Manifest, Payload, open_payload
+from smolpack.payload import Payload, open_payload
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -48,7 +48,7 @@ class RunOptions:
     debug: bool = False  # keep the console log, print timings on stderr
 
 
-def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
+def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
     """Run the pack at `path` with `args`; return the guest program's exit code."""
     t0 = time.monotonic()
     payload = open_payload(path)
@@ -59,7 +59,7 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
             timings["verify"] = time.monotonic() - t0
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
-        plan = plan_run(manifest, host_facts(manifest), requested=options.engine, cold=options.cold)
+        plan = plan_run(manifest, host_facts(payload), requested=options.engine, cold=options.cold)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
@@ -88,20 +88,24 @@ def run_payload(path: Path, args: list[str], options: RunOptions) -> int:
         payload.close()
 
 
-def host_facts(manifest: Manifest) -> HostFacts:
-    """What this host offers for running `manifest` (cheap: a few file reads)."""
+def host_facts(payload: Payload) -> HostFacts:
+    """What this host offers for running `payload` (cheap: a few file reads)."""
     return HostFacts(
         arch=host_arch(),
         os=host_os(),
         hypervisor=hypervisor_status(),
-        libkrun=_libkrun_source(),
-        qemu=shutil.which(f"qemu-system-{manifest.guest_arch}"),
+        libkrun=_libkrun_source(payload),
+        qemu=shutil.which(f"qemu-system-{payload.manifest().guest_arch}"),
     )
 
 
-def _libkrun_source() -> str | None:
+def _libkrun_source(payload: Payload) -> str | None:
+    """ "payload" when the pack carries this host's libkrun, else where it is installed."""
+    from smolpack.pack_libs import has_host_libs
     from smolpack.runtime_libs import find_runtime_libs
 
+    if has_host_libs(payload, host_target()):
+        return "payload"
     try:
         return find_runtime_libs().source
     except HostError:

@@ -29,7 +29,7 @@ from typing import Literal
 from smolpack.errors import HostError
 
 ENV_DIR = "SMOLPACK_LIBKRUN_DIR"
-LibSource = Literal["env", "smolmachines", "system"]
+LibSource = Literal["env", "smolmachines", "system", "payload"]
 
 # libkrunfw's soname carries its ABI version (5); only that ABI has the kernel calls below.
 _LINUX_NAMES = (("libkrun.so", "libkrun.so.1"), ("libkrunfw.so.5",))

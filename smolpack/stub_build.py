@@ -30,7 +30,7 @@ from pathlib import Path
 import smolpack
 from smolpack.cache import cache_root, cached_file
 from smolpack.errors import HostError, UsageError
-from smolpack.host import host_arch, host_os
+from smolpack.host import host_target
 
 TARGETS = ("linux-x86_64", "linux-aarch64", "macos-arm64")
 ENV_STUB_DIR = "SMOLPACK_STUB_DIR"
@@ -64,14 +64,6 @@ from smolpack.launcher import main
 
 main()
 '''
-
-
-def host_target() -> str:
-    """This host's stub target name."""
-    os_name, arch = host_os(), host_arch()
-    if os_name == "macos":
-        return "macos-arm64" if arch == "aarch64" else "macos-x86_64"
-    return f"{os_name}-{arch}"
 
 
 def check_target(target: str) -> str:
@@ -112,7 +104,7 @@ def _sources() -> list[Path]:
 
 def stub_key() -> str:
     """Digest of everything that goes into this host's stub."""
-    import PyInstaller
+    import PyInstaller  # type: ignore[import-untyped]
 
     h = hashlib.sha256()
     h.update(f"recipe {STUB_RECIPE} smolpack {smolpack.__version__}\n".encode())
@@ -129,7 +121,7 @@ def stub_key() -> str:
 def build_stub(*, force: bool = False) -> Path:
     """Build (or reuse from the cache) the launcher stub for this host."""
     try:
-        import PyInstaller.__main__  # noqa: F401 - probe only
+        import PyInstaller.__main__  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as err:
         raise HostError(
             "PyInstaller is not installed", hint="run `pip install pyinstaller`"

@@ -79,6 +79,12 @@ def run_cmd(
     raise SystemExit(code)
 
 
+def _stub_dir() -> Path | None:
+    from smolpack.stub_build import ENV_STUB_DIR
+
+    return Path(os.environ[ENV_STUB_DIR]) if os.environ.get(ENV_STUB_DIR) else None
+
+
 @click.command("create")
 @click.argument("smolfile", type=click.Path(exists=True, path_type=Path), default=".")
 @click.option(
@@ -131,15 +137,21 @@ def create_cmd(
         build_payload(config, output, progress=progress)
     else:
         from smolpack.embed import embed_payload
-        from smolpack.stub_build import check_target, find_stub, host_target
+        from smolpack.host import host_target
+        from smolpack.pack_libs import libs_for_target
+        from smolpack.stub_build import check_target, find_stub
 
         target = check_target(target or host_target())
         # Find the stub first: a missing one should fail before minutes of building.
         with progress.step(f"Preparing the launcher stub for {target}"):
             stub = find_stub(target)
+        libs = libs_for_target(target, host_target(), _stub_dir())
+        if libs is None:
+            progress.note(f"no libkrun for {target} found: the tool will run under QEMU there")
         payload = output.with_name(f".{output.name}.payload-{os.urandom(4).hex()}")
         try:
-            build_payload(config, payload, progress=progress)
+            host_libs = (target, libs) if libs is not None else None
+            build_payload(config, payload, progress=progress, host_libs=host_libs)
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output)
         finally:

@@ -36,7 +36,8 @@ def build_cmd(output: Path | None, force: bool, quiet: bool) -> None:
       smolpack stub build
       smolpack stub build -o dist/linux-x86_64/smolstub
     """
-    from smolpack.stub_build import build_stub, host_target
+    from smolpack.host import host_target
+    from smolpack.stub_build import build_stub
 
     progress = Progress(quiet=quiet)
     with progress.step(f"Building the launcher stub for {host_target()}"):

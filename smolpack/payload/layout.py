@@ -56,6 +56,7 @@ class SectionKind(enum.IntEnum):
     DISK = 3
     STATE = 4
     AGENT = 5
+    LIBRARY = 6
 
 
 class Codec(enum.IntEnum):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = [
     "sh", "cat", "echo", "head", "od", "date", "sleep", "ls", "sync", "kill", "tty", "stty",
@@ -17,14 +18,18 @@ APPLETS = [
 ]  # fmt: skip
 
 
-def make_busybox_rootfs(dest: Path) -> Path:
-    """A minimal root tree: static busybox and a few applet links."""
+def make_busybox_rootfs(dest: Path, *, all_applets: bool = False) -> Path:
+    """A minimal root tree: static busybox and a few applet links (or all of them)."""
     if not Path(BUSYBOX).exists():
         pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
     for d in ("bin", "etc", "root", "tmp", "dev", "proc", "sys", "run"):
         (dest / d).mkdir(parents=True, exist_ok=True)
     shutil.copy(BUSYBOX, dest / "bin" / "busybox")
-    for applet in APPLETS:
+    applets = APPLETS
+    if all_applets:
+        listed = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
+        applets = [a for a in listed.stdout.split() if a != "busybox"]
+    for applet in applets:
         (dest / "bin" / applet).symlink_to("busybox")
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     return dest

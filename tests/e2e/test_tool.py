@@ -1,0 +1,247 @@
+"""Packed executables, run as a user would: `smolpack create -o tool`, then `./tool args`.
+
+Each tool runs from a directory of its own with a cache that starts empty, under QEMU (TCG)
+here. The PyInstaller onefile stub unpacks itself under TMPDIR at every start, so every run
+points TMPDIR and XDG_RUNTIME_DIR at directories the test then expects to find empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from e2e_helpers import REPO, make_busybox_rootfs, qemu_pids, smolpack
+
+pytestmark = pytest.mark.vm
+
+TEXT = b"The cat and the hat.\nThe cat sat on the mat, and the cat slept.\n"
+WORDFREQ_OUT = (
+    b"lines 2\nwords 16\nchars 63\ntop 2:\n       4 cat\n       1 hat\n"
+    b"report /tmp/wordfreq-report.txt sha256 "
+)
+
+
+@pytest.fixture(scope="session")
+def tools(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str]) -> dict[str, Path]:
+    """`wordfreq` (the README's example) and `sh` (runs `sh -c ARGS`), built once."""
+    root = tmp_path_factory.mktemp("tools")
+    example = root / "wordfreq"
+    shutil.copytree(
+        REPO / "examples" / "wordfreq", example, ignore=shutil.ignore_patterns("rootfs")
+    )
+    make_busybox_rootfs(example / "rootfs", all_applets=True)
+    shell = root / "shell"
+    make_busybox_rootfs(shell / "rootfs")
+    (shell / "Smolfile").write_text(
+        'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
+        'init = ["echo warm > /root/warm"]\n'
+    )
+    built = {}
+    for name, src in (("wordfreq", example), ("sh", shell)):
+        out = root / "dist" / name
+        res = smolpack("create", "-q", "-o", str(out), str(src), env=e2e_env)
+        assert res.returncode == 0, res.stderr.decode()
+        built[name] = out
+    return built
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Env of a user elsewhere: fresh cache, own TMPDIR and runtime dir (checked empty)."""
+    for sub in ("cache", "tmp", "run"):
+        (tmp_path / sub).mkdir()
+    yield {
+        **os.environ,
+        "SMOLPACK_CACHE_DIR": str(tmp_path / "cache"),
+        "TMPDIR": str(tmp_path / "tmp"),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+    }
+    assert list((tmp_path / "tmp").iterdir()) == [], "the launcher left files in TMPDIR"
+    assert list((tmp_path / "run").iterdir()) == [], "the launcher left run files behind"
+
+
+def run_tool(
+    tool: Path, *args: str, env: dict[str, str], stdin: bytes = b"", cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(tool), *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=120,
+        cwd=cwd or tool.parent,
+    )
+
+
+def test_wordfreq_output_and_exit_code(
+    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = run_tool(tools["wordfreq"], "-n", "2", env=user_dir, stdin=TEXT, cwd=elsewhere)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.startswith(WORDFREQ_OUT)
+    report = b"".join(res.stdout.splitlines(keepends=True)[:6])
+    assert res.stdout.endswith(hashlib.sha256(report).hexdigest().encode() + b"\n")
+    bad = run_tool(tools["wordfreq"], "-n", "lots", env=user_dir, cwd=elsewhere)
+    assert (bad.returncode, bad.stdout) == (2, b"")
+    assert bad.stderr == b"wordfreq: -n wants a number, got 'lots'\n"
+
+
+def test_exit_codes_and_stderr_pass_through(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    res = run_tool(tools["sh"], "echo out; echo err >&2; cat /root/warm; exit 42", env=user_dir)
+    assert (res.returncode, res.stdout, res.stderr) == (42, b"out\nwarm\n", b"err\n")
+
+
+def test_eight_concurrent_runs(tools: dict[str, Path], user_dir: dict[str, str]) -> None:
+    def one(i: int) -> subprocess.CompletedProcess[bytes]:
+        return run_tool(
+            tools["sh"],
+            f"echo run-{i} > /root/mine; sleep 0.2; cat /root/mine; exit {i}",
+            env=user_dir,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    for i, res in enumerate(results):
+        assert (res.returncode, res.stdout) == (i, f"run-{i}\n".encode()), res.stderr.decode()
+
+
+def test_runs_never_write_the_shipped_file(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    tool = tools["sh"]
+    before = hashlib.sha256(tool.read_bytes()).hexdigest()
+    assert run_tool(tool, "echo scribble > /root/warm; sync", env=user_dir).returncode == 0
+    res = run_tool(tool, "cat /root/warm", env=user_dir)
+    assert res.stdout == b"warm\n"
+    assert hashlib.sha256(tool.read_bytes()).hexdigest() == before
+    assert smolpack("verify", str(tool)).returncode == 0
+
+
+def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str]) -> None:
+    tool = tools["sh"]
+    info = run_tool(tool, "--smol-info", env=user_dir)
+    assert info.returncode == 0
+    assert b"\nengine    qemu (tcg), restoring qemu-x86_64: " in info.stdout
+    cold = run_tool(tool, "--smol-cold", "cat /root/warm; exit 3", env=user_dir)
+    assert (cold.returncode, cold.stdout) == (3, b"warm\n")
+    debug = run_tool(tool, "--smol-debug", "true", env=user_dir)
+    assert debug.returncode == 0
+    assert b"smolpack: qemu restore open=" in debug.stderr
+    kept = [line for line in debug.stderr.decode().splitlines() if "run files kept in" in line]
+    shutil.rmtree(kept[0].split(" in ", 1)[1])
+    krun = run_tool(tool, "--smol-engine=krun", "true", env=user_dir)
+    if krun.returncode == 120:  # no hardware virtualization (our machines)
+        assert krun.stderr.startswith(b"Error: hardware virtualization unavailable: ")
+        assert krun.stderr.endswith(b"; use --smol-engine=qemu\n")
+
+
+def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
+    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path
+) -> None:
+    tool = tmp_path / "flipped"
+    shutil.copy2(tools["sh"], tool)
+    with open(tool, "r+b") as f:
+        from smolpack.payload import open_payload
+
+        with open_payload(tool) as payload:
+            at, _ = payload.section_file_range("qemu-x86_64/migration")
+        f.seek(at + 4096)
+        byte = f.read(1)
+        f.seek(at + 4096)
+        f.write(bytes([byte[0] ^ 0x01]))
+    verify = smolpack("verify", str(tool))
+    assert verify.returncode == 114
+    assert b"section 'qemu-x86_64/migration' digest mismatch" in verify.stderr
+    res = run_tool(tool, "true", env=user_dir)
+    assert res.returncode == 114
+    assert res.stderr.startswith(f"Error: {tool}: section 'qemu-x86_64/migration' ".encode())
+    assert res.stderr.count(b"\n") == 1
+
+
+def test_truncated_tool_fails_cleanly(
+    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path
+) -> None:
+    tool = tmp_path / "truncated"
+    shutil.copy2(tools["sh"], tool)
+    os.truncate(tool, tool.stat().st_size // 2)
+    verify = smolpack("verify", str(tool))
+    assert verify.returncode == 110
+    assert verify.stderr.startswith(f"Error: {tool}: truncated".encode())
+    res = run_tool(tool, "true", env=user_dir)
+    assert res.returncode != 0
+    assert b"Traceback" not in res.stderr
+
+
+def test_ctrl_c_stops_the_tool_and_leaves_nothing(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    before = qemu_pids()
+    proc = subprocess.Popen(
+        [str(tools["sh"]), "echo started; sleep 30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=user_dir,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    # A terminal's Ctrl-C goes to the whole foreground process group.
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    deadline = time.monotonic() + 10
+    while qemu_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemu_pids() - before == set()
+
+
+def test_bare_payload_runs_through_smolpack_run(
+    tmp_path: Path, e2e_env: dict[str, str], tools: dict[str, Path]
+) -> None:
+    src = tmp_path / "src"
+    make_busybox_rootfs(src / "rootfs")
+    (src / "Smolfile").write_text('image = "./rootfs"\nentrypoint = ["/bin/echo"]\nmemory = 128\n')
+    out = tmp_path / "echo.smolmachine"
+    res = smolpack("create", "-q", "-o", str(out), str(src), env=e2e_env)
+    assert res.returncode == 0, res.stderr.decode()
+    assert out.read_bytes()[:8] != b"\x7fELF\x02\x01\x01\x00"
+    res = smolpack("run", str(out), "--", "hello", "world", env=e2e_env)
+    assert (res.returncode, res.stdout) == (0, b"hello world\n")
+
+
+def test_stub_for_another_host_is_refused_clearly(tmp_path: Path, e2e_env: dict[str, str]) -> None:
+    src = tmp_path / "src"
+    make_busybox_rootfs(src / "rootfs")
+    (src / "Smolfile").write_text('image = "./rootfs"\nmemory = 128\n')
+    out = tmp_path / "t"
+
+    def create(target: str, stub_dir: Path) -> subprocess.CompletedProcess[bytes]:
+        env = {**e2e_env, "SMOLPACK_STUB_DIR": str(stub_dir)}
+        return smolpack("create", "-q", "-o", str(out), "--target", target, str(src), env=env)
+
+    res = create("macos-arm64", tmp_path)
+    assert res.returncode == 4
+    assert res.stderr.startswith(b"Error: no launcher stub for macos-arm64 on this linux-")
+    assert not out.exists()
+    # This host's (x86_64) stub put where the aarch64 one belongs is refused too.
+    host_stub = smolpack("stub", "build", "-q", env=e2e_env).stdout.decode().strip()
+    slot = tmp_path / "stubs" / "linux-aarch64"
+    slot.mkdir(parents=True)
+    shutil.copy(host_stub, slot / "smolstub")
+    res = create("linux-aarch64", tmp_path / "stubs")
+    assert res.returncode != 0
+    assert res.stderr.count(b"\n") == 1 and b"x86_64" in res.stderr, res.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
