@@ -131,9 +131,14 @@ class Copier:
         once the output has its final length (AtomicOutput.commit).
         """
         end = src_off + length
+        if os.fstat(src_fd).st_size < end:  # it shrank since it was checked
+            raise ShortSource(os.fstat(src_fd).st_size)
+        pos = src_off
         for data_off, data_len in data_extents(src_fd, src_off, end):
+            self._advance(data_off - pos)  # a hole: nothing to copy
             self._copy_data(src_fd, data_off, data_len, dst_off + (data_off - src_off))
-        self._advance(0)
+            pos = data_off + data_len
+        self._advance(end - pos)
 
     def _copy_data(self, src_fd: int, src_off: int, length: int, dst_off: int) -> None:
         while length > 0:

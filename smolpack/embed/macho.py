@@ -242,10 +242,13 @@ def plan_macho(
         )
 
     if signature is not None:
-        # Drop the signature's bytes too when nothing else in __LINKEDIT follows them.
+        # When nothing else in __LINKEDIT follows the signature, drop its bytes
+        # and codesign's alignment padding before it: __LINKEDIT then ends
+        # where its last data (PyInstaller's archive) ends, as before signing.
         cmds = [c for c in cmds if _cmd(c) != _LC_CODE_SIGNATURE]
-        if start <= signature[0] and _linkedit_data_end(cmds) <= signature[0] <= end:
-            end = signature[0]
+        data_end = _linkedit_data_end(cmds)
+        if start <= signature[0] <= end and data_end <= signature[0]:
+            end = max(start, data_end)
     seg_size = align_up(payload_size, RAW_ALIGN)
     for c in cmds:
         _shift_offsets(c, start, seg_size)
