@@ -1,0 +1,55 @@
+"""`embed_payload`: pick the embedder by the stub's container.
+
+Stage: create, the embedding step (payload → stub); formats/smolmachine.md,
+"Embedding in executables". The first four bytes of the stub decide: ELF
+(Linux stubs) or Mach-O, thin or universal (macOS stubs). Nothing else is an
+executable smolpack can embed into.
+"""
+
+from __future__ import annotations
+
+import os
+
+from smolpack.embed._inputs import EmbedResult, open_regular
+from smolpack.embed._output import ProgressFn
+from smolpack.embed.elf import embed_elf
+from smolpack.embed.macho import FAT_MAGIC, FAT_MAGIC_64, MH_MAGIC_64, embed_macho
+from smolpack.errors import UsageError
+
+_ELF = b"\x7fELF"
+
+
+def embed_payload(
+    stub: str | os.PathLike[str],
+    payload: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    target: str | None = None,
+    progress: ProgressFn | None = None,
+) -> EmbedResult:
+    """Write the executable `out`: `stub` carrying the standalone `payload`.
+
+    ELF stubs get a section `.smolmachine`, Mach-O stubs a segment
+    `__SMOLMACH` (then `result.needs_signing`: sign it on a Mac). `target`
+    ("linux-x86_64", "linux-aarch64", "darwin-arm64"), when given, must
+    match the stub. `progress(done, total)` reports copied bytes. `out` is
+    replaced atomically with a 0755 file, or left untouched on any error.
+    Errors: UsageError (bad stub, target or path), HostError (writing
+    failed), the payload's own errors (damaged payload).
+    """
+    fd = open_regular(os.fspath(stub), "stub")
+    try:
+        head = os.pread(fd, 4, 0)
+    finally:
+        os.close(fd)
+    if head == _ELF:
+        return embed_elf(stub, payload, out, target=target, progress=progress)
+    if len(head) == 4 and (
+        int.from_bytes(head, "little") == MH_MAGIC_64
+        or int.from_bytes(head, "big") in (FAT_MAGIC, FAT_MAGIC_64)
+    ):
+        return embed_macho(stub, payload, out, target=target, progress=progress)
+    raise UsageError(
+        f"{os.fspath(stub)}: not an executable smolpack can embed into (expected an ELF or "
+        "Mach-O launcher stub)"
+    )
