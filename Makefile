@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SMOLPACK = $(PYTHON) -m smolpack
 
-.PHONY: demo test unit e2e lint bench guest deps
+.PHONY: demo test unit e2e lint bench guest stub deps
 
 .deps-installed: pyproject.toml release/apt-packages.txt release/install-deps.sh
 	release/install-deps.sh
@@ -11,14 +11,14 @@ SMOLPACK = $(PYTHON) -m smolpack
 
 deps: .deps-installed
 
-# Build the example pack from examples/hello (busybox rootfs, no network) and run it.
+# Pack examples/wordfreq (a busybox rootfs made from the host's static busybox: no network)
+# into ONE executable, out/wordfreq, then run it as a user would.
 demo: .deps-installed
-	examples/make-busybox-rootfs.sh examples/hello/rootfs
+	examples/make-busybox-rootfs.sh examples/wordfreq/rootfs
 	mkdir -p out
-	$(SMOLPACK) create -o out/hello.smolmachine examples/hello
-	$(SMOLPACK) inspect out/hello.smolmachine
-	$(SMOLPACK) verify out/hello.smolmachine
-	$(SMOLPACK) run out/hello.smolmachine
+	$(SMOLPACK) create -o out/wordfreq examples/wordfreq
+	out/wordfreq --smol-info
+	out/wordfreq -n 5 < README.md
 
 test: .deps-installed
 	$(PYTHON) -m pytest -q
@@ -34,7 +34,12 @@ lint:
 	ruff format --check smolpack tests bench
 
 bench: .deps-installed
+	$(PYTHON) bench/bench_tool.py
+	$(PYTHON) bench/bench_restore.py
 	$(PYTHON) bench/bench_payload_open.py
+
+stub: .deps-installed
+	$(SMOLPACK) stub build
 
 guest:
 	$(MAKE) -C guest

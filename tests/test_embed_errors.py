@@ -137,9 +137,9 @@ def test_an_aarch64_stub_is_checked_against_the_target(tmp_path: Path, payload: 
     result = embed_elf(stub, payload, tmp_path / "tool", target="linux-aarch64")
     assert result.target == "linux-aarch64"
     with pytest.raises(
-        UsageError, match=r"is a linux-aarch64 executable, but the target is darwin-arm64$"
+        UsageError, match=r"is a linux-aarch64 executable, but the target is macos-arm64$"
     ):
-        embed_payload(stub, payload, tmp_path / "x", target="darwin-arm64")
+        embed_payload(stub, payload, tmp_path / "x", target="macos-arm64")
     with pytest.raises(UsageError, match=r"unknown target 'windows'"):
         embed_payload(TRUE, payload, tmp_path / "x", target="windows")
     assert entries(tmp_path) == {"p.smolmachine", "stub", "tool"}

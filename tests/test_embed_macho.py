@@ -125,10 +125,10 @@ def check_payload_found(out: Path, origin: int) -> None:
 def test_universal_bootloader_gives_a_thin_arm64_with_the_segment(
     tmp_path: Path, payload: Path, arm64: bytes
 ) -> None:
-    result = embed_payload(MACHO_RUN, payload, tmp_path / "tool", target="darwin-arm64")
+    result = embed_payload(MACHO_RUN, payload, tmp_path / "tool", target="macos-arm64")
     assert (result.container, result.target, result.needs_signing) == (
         "macho",
-        "darwin-arm64",
+        "macos-arm64",
         True,
     )
     data = result.out.read_bytes()
@@ -184,7 +184,7 @@ def test_refusals(tmp_path: Path, payload: Path, arm64: bytes) -> None:
     slices = fat_slices(MACHO_RUN.read_bytes())
     x86 = slices[CPU_X86_64]
     cases = {
-        "x86_64": (x86, r"is a darwin-x86_64 executable; the macOS target is darwin-arm64"),
+        "x86_64": (x86, r"is a macos-x86_64 executable; the macOS target is macos-arm64"),
         "fat-x86": (make_fat([(CPU_X86_64, x86)]), r"without an arm64 slice \(has x86_64\)"),
         "fixups": (replace_command_id(arm64, LC_DATA_IN_CODE, 0x80000034), r"chained fixups"),
         "unknown": (replace_command_id(arm64, LC_DATA_IN_CODE, 0x99), r"command 0x99 is unknown"),
@@ -197,7 +197,7 @@ def test_refusals(tmp_path: Path, payload: Path, arm64: bytes) -> None:
         with pytest.raises(UsageError, match=message) as err:
             embed_payload(stub, payload, tmp_path / "tool")
         assert err.value.exit_code == 2 and "\n" not in str(err.value)
-    with pytest.raises(UsageError, match=r"is a darwin-arm64 executable, but the target is linux"):
+    with pytest.raises(UsageError, match=r"is a macos-arm64 executable, but the target is linux"):
         embed_payload(MACHO_RUN, payload, tmp_path / "tool", target="linux-x86_64")
     assert not (tmp_path / "tool").exists()
 

@@ -153,7 +153,7 @@ def create_cmd(
             host_libs = (target, libs) if libs is not None else None
             build_payload(config, payload, progress=progress, host_libs=host_libs)
             with progress.step(f"Embedding the pack into {output.name}"):
-                embed_payload(stub, payload, output)
+                embed_payload(stub, payload, output, target=target)
         finally:
             payload.unlink(missing_ok=True)
     progress.note(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")

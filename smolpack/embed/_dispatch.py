@@ -31,7 +31,7 @@ def embed_payload(
 
     ELF stubs get a section `.smolmachine`, Mach-O stubs a segment
     `__SMOLMACH` (then `result.needs_signing`: sign it on a Mac). `target`
-    ("linux-x86_64", "linux-aarch64", "darwin-arm64"), when given, must
+    ("linux-x86_64", "linux-aarch64", "macos-arm64"), when given, must
     match the stub. `progress(done, total)` reports copied bytes. `out` is
     replaced atomically with a 0755 file, or left untouched on any error.
     Errors: UsageError (bad stub, target or path), HostError (writing

@@ -18,7 +18,7 @@ from smolpack.payload import open_payload
 
 # Hosts a stub can be built for: "<os>-<arch>" as `platform.system().lower()`
 # and the kernel's machine name spell them (Linux says aarch64, Apple arm64).
-TARGETS = ("linux-x86_64", "linux-aarch64", "darwin-arm64")
+TARGETS = ("linux-x86_64", "linux-aarch64", "macos-arm64")
 _SCAN_CHUNK = 1024 * 1024
 
 

@@ -159,7 +159,7 @@ def find_slice(fd: int, label: str) -> tuple[int, int]:
             return offset, length
     raise UsageError(
         f"{label}: universal binary without an arm64 slice (has {', '.join(found) or 'none'}); "
-        "the macOS target is darwin-arm64"
+        "the macOS target is macos-arm64"
     )
 
 
@@ -174,7 +174,7 @@ def plan_macho(
     if cputype != CPU_ARM64:
         name = _CPU_NAMES.get(cputype, hex(cputype))
         raise UsageError(
-            f"{label}: is a darwin-{name} executable; the macOS target is darwin-arm64"
+            f"{label}: is a macos-{name} executable; the macOS target is macos-arm64"
         )
     if filetype != _MH_EXECUTE:
         raise UsageError(f"{label}: Mach-O file type {filetype} is not an executable")
@@ -350,7 +350,7 @@ def embed_macho(
     """Write `out`: the arm64 Mach-O `stub` with `payload` as segment `__SMOLMACH`.
 
     A universal `stub` gives its arm64 slice; the result is thin and
-    unsigned (`needs_signing`). `target`, when given, must be "darwin-arm64".
+    unsigned (`needs_signing`). `target`, when given, must be "macos-arm64".
     `progress(done, total)` is called as bytes are copied. Raises
     UsageError/HostError or the payload's own errors; `out` is written
     atomically (mode 0755) or not at all.
@@ -362,7 +362,7 @@ def embed_macho(
     try:
         slice_offset, slice_size = find_slice(fd, stub_s)
         plan = plan_macho(fd, stub_s, slice_offset, slice_size, src.size)
-        require_target(stub_s, "darwin-arm64", target)
+        require_target(stub_s, "macos-arm64", target)
         check_distinct(stub_s, payload_s, out_s)
         write_executable(
             out_s,
@@ -380,7 +380,7 @@ def embed_macho(
         os.close(fd)
     return EmbedResult(
         out=Path(out_s),
-        target="darwin-arm64",
+        target="macos-arm64",
         container="macho",
         payload_offset=plan.payload_offset,
         payload_size=src.size,

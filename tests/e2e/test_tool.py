@@ -245,3 +245,32 @@ def test_stub_for_another_host_is_refused_clearly(tmp_path: Path, e2e_env: dict[
     assert res.stderr.count(b"\n") == 1 and b"x86_64" in res.stderr, res.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_terminal_mode_gives_the_guest_a_tty_of_our_size(
+    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path
+) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux)")
+    out = tmp_path / "tty.out"
+    session = f"smolpack-{os.getpid()}"
+    script = f"{tools['sh']} 'tty; stty size; exit 5'; echo \"rc=$?\" > {out}; sleep 60"
+    env = {k: v for k, v in user_dir.items() if k != "TMUX"}
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "91", "-y", "33", script],
+        env=env,
+        check=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        screen = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert out.read_text() == "rc=5\n", screen
+    lines = [line.strip() for line in screen.splitlines() if line.strip()]
+    assert lines[0].startswith("/dev/"), screen  # a real terminal in the guest
+    assert lines[1] == "33 91", screen
