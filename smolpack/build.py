@@ -92,7 +92,7 @@ def build_payload(
             net=machine.net,
         )
         state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
-        with progress.step(f"Writing {out.name}"):
+        with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
                 created=created_now(),

@@ -133,10 +133,14 @@ def create_cmd(
     config = _load(smolfile)
     progress = Progress(quiet=quiet)
     output = output.resolve()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
         build_payload(config, output, progress=progress)
     else:
-        from smolpack.embed import embed_payload
+        from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
         from smolpack.pack_libs import libs_for_target
         from smolpack.stub_build import check_target, find_stub
@@ -145,6 +149,7 @@ def create_cmd(
         # Find the stub first: a missing one should fail before minutes of building.
         with progress.step(f"Preparing the launcher stub for {target}"):
             stub = find_stub(target)
+            check_stub(stub, target)
         libs = libs_for_target(target, host_target(), _stub_dir())
         if libs is None:
             progress.note(f"no libkrun for {target} found: the tool will run under QEMU there")

@@ -4,7 +4,7 @@ Stage: create, the last step (payload → stub). Build side only: the launcher
 never imports this package. Stdlib only, no LIEF (see `elf.py` for why).
 """
 
-from smolpack.embed._dispatch import embed_payload
+from smolpack.embed._dispatch import check_stub, embed_payload
 from smolpack.embed._inputs import TARGETS, EmbedResult
 from smolpack.embed._output import OUTPUT_MODE, ProgressFn
 from smolpack.embed.elf import embed_elf
@@ -15,6 +15,7 @@ __all__ = [
     "TARGETS",
     "EmbedResult",
     "ProgressFn",
+    "check_stub",
     "embed_elf",
     "embed_macho",
     "embed_payload",

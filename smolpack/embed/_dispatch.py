@@ -10,13 +10,51 @@ from __future__ import annotations
 
 import os
 
-from smolpack.embed._inputs import EmbedResult, open_regular
+from smolpack.embed._inputs import EmbedResult, check_target, open_regular, require_target
 from smolpack.embed._output import ProgressFn
-from smolpack.embed.elf import embed_elf
-from smolpack.embed.macho import FAT_MAGIC, FAT_MAGIC_64, MH_MAGIC_64, embed_macho
+from smolpack.embed.elf import embed_elf, plan_elf
+from smolpack.embed.macho import (
+    FAT_MAGIC,
+    FAT_MAGIC_64,
+    MH_MAGIC_64,
+    embed_macho,
+    find_slice,
+    plan_macho,
+)
 from smolpack.errors import UsageError
 
 _ELF = b"\x7fELF"
+
+
+def check_stub(stub: str | os.PathLike[str], target: str | None) -> str:
+    """Check `stub` can carry a payload for `target` (headers only); return its target.
+
+    `create` calls this before building, so a wrong stub fails in milliseconds, not after
+    minutes of booting the build VM. Same errors as `embed_payload`.
+    """
+    check_target(target)
+    label = os.fspath(stub)
+    fd = open_regular(label, "stub")
+    try:
+        head = os.pread(fd, 4, 0)
+        if head == _ELF:
+            found = plan_elf(fd, label, 0).target
+        elif len(head) == 4 and (
+            int.from_bytes(head, "little") == MH_MAGIC_64
+            or int.from_bytes(head, "big") in (FAT_MAGIC, FAT_MAGIC_64)
+        ):
+            offset, size = find_slice(fd, label)
+            plan_macho(fd, label, offset, size, 0)
+            found = "macos-arm64"
+        else:
+            raise UsageError(
+                f"{label}: not an executable smolpack can embed into (expected an ELF or "
+                "Mach-O launcher stub)"
+            )
+    finally:
+        os.close(fd)
+    require_target(label, found, target)
+    return found
 
 
 def embed_payload(

@@ -173,9 +173,7 @@ def plan_macho(
         raise UsageError(f"{label}: not a 64-bit little-endian Mach-O executable")
     if cputype != CPU_ARM64:
         name = _CPU_NAMES.get(cputype, hex(cputype))
-        raise UsageError(
-            f"{label}: is a macos-{name} executable; the macOS target is macos-arm64"
-        )
+        raise UsageError(f"{label}: is a macos-{name} executable; the macOS target is macos-arm64")
     if filetype != _MH_EXECUTE:
         raise UsageError(f"{label}: Mach-O file type {filetype} is not an executable")
     if sizeofcmds > _MAX_CMDS:
