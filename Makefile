@@ -35,6 +35,7 @@ lint:
 
 bench: .deps-installed
 	$(PYTHON) bench/bench_payload_open.py
+	$(PYTHON) bench/bench_embed.py
 
 guest:
 	$(MAKE) -C guest
