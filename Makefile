@@ -37,6 +37,7 @@ bench: .deps-installed
 	$(PYTHON) bench/bench_tool.py
 	$(PYTHON) bench/bench_restore.py
 	$(PYTHON) bench/bench_payload_open.py
+	$(PYTHON) bench/bench_embed.py
 
 stub: .deps-installed
 	$(SMOLPACK) stub build

@@ -28,12 +28,16 @@ from smolpack.errors import UsageError
 from smolpack.payload import RAW_ALIGN, open_payload
 
 BIG_DISK = 384 * MiB
-# Embedding in a fresh interpreter, reporting its peak RSS (KiB on Linux).
+# Embedding in a fresh interpreter, reporting its peak RSS in KiB. Not
+# getrusage's ru_maxrss: Linux carries the parent's peak across fork + exec
+# (signal->maxrss), so after other tests it reports pytest's peak, not ours.
+# VmHWM belongs to the new process image and starts from zero at exec.
 EMBED_AND_MEASURE = """
-import json, resource, sys
+import json, sys
 from smolpack.embed import embed_payload
 r = embed_payload(sys.argv[1], sys.argv[2], sys.argv[3])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"offset": r.payload_offset, "size": r.size, "maxrss_kib": peak}))
 """
 
