@@ -710,6 +710,9 @@ int main(int argc, char **argv) {
     if (port_fd < 0 || fcntl(port_fd, F_GETFD) < 0) {
         if (test_mode) { dprintf(2, "smolpack-agent: bad --port-fd\n"); return 2; }
         setup_guest();
+        /* As PID 1 (QEMU), say so on the console: a build that gets no answer can then tell a
+         * kernel that never started us (empty console) from an agent that found no port. */
+        if (getpid() == 1) logmsg("started, looking for port %s%s", PORT_NAME, "");
         for (int tries = 0; (port_fd = open_port()) < 0; tries++) {
             if (tries == 500) logmsg("no virtio port named %s yet; still looking", PORT_NAME, "");
             usleep(tries < 500 ? 10000 : 1000000); /* 5 s fast, then once a second */

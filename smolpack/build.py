@@ -28,8 +28,9 @@ from smolpack import __version__
 from smolpack.agent.binary import agent_binary
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
+from smolpack.engine.console import console_tail, silent_guest_detail
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
-from smolpack.errors import BuildError, HostError
+from smolpack.errors import AgentTimeout, BuildError, HostError
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -44,7 +45,8 @@ GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
 QEMU_STATE = f"qemu-{GUEST_ARCH}"
 # Bumped whenever the payload built from the same inputs would change.
-BUILD_RECIPE = "1"
+# 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
+BUILD_RECIPE = "2"
 
 
 def build_payload(
@@ -143,7 +145,7 @@ def _boot_build_and_save(
             run_dir=work,
         )
     try:
-        session = handshake(vm.agent, timeout_s=BOOT_TIMEOUT_S)
+        session = _boot_handshake(vm, BOOT_TIMEOUT_S)
         for number, step in enumerate(config.init, start=1):
             first, *more = step.strip().splitlines() or [""]
             label = first + (f" (+{len(more)} lines)" if more else "")
@@ -165,6 +167,14 @@ def _boot_build_and_save(
         overlay.unlink()
         base.unlink()
     return state, disk
+
+
+def _boot_handshake(vm: QemuVm, timeout_s: float) -> AgentSession:
+    """Handshake with the freshly booted agent; a timeout says what the console showed."""
+    try:
+        return handshake(vm.agent, timeout_s=timeout_s)
+    except AgentTimeout as exc:
+        raise AgentTimeout(f"{exc}; {silent_guest_detail(vm.console_log)}") from exc
 
 
 def _run_init_step(session: AgentSession, number: int, step: str, machine: MachineConfig) -> None:
@@ -205,10 +215,7 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
 
 
 def _keep_console(vm: QemuVm, progress: Progress) -> None:
-    try:
-        lines = vm.console_log.read_text(errors="replace").strip().splitlines()[-15:]
-    except OSError:
-        return
+    lines = console_tail(vm.console_log, 15)
     if lines:
         progress.note("last lines of the build VM console:")
         for line in lines:

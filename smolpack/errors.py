@@ -116,6 +116,10 @@ class AgentError(SmolpackError):
     exit_code = 122
 
 
+class AgentTimeout(AgentError):
+    """The guest agent did not answer in time (callers add what the guest showed)."""
+
+
 LAUNCHER_HOST_EXIT = 120
 LAUNCHER_USAGE_EXIT = 123
 LAUNCHER_BUG_EXIT = 125

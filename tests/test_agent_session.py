@@ -21,7 +21,7 @@ import pytest
 from smolpack.agent import protocol as p
 from smolpack.agent.binary import agent_binary
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.errors import AgentError
+from smolpack.errors import AgentError, AgentTimeout
 
 PATH = "PATH=/usr/local/bin:/usr/bin:/bin"
 
@@ -280,7 +280,7 @@ def test_agent_errors_surface_as_agent_error(agent: Agent) -> None:
 def test_handshake_timeout_names_the_timeout() -> None:
     host, silent = socket.socketpair()
     with pytest.raises(
-        AgentError, match=r"^guest agent did not answer the handshake within 0.2 s$"
+        AgentTimeout, match=r"^guest agent did not answer the handshake within 0.2 s$"
     ):
         handshake(host, timeout_s=0.2)
     host.close()

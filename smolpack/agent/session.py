@@ -19,7 +19,7 @@ import time
 from types import TracebackType
 
 from smolpack.agent import protocol as p
-from smolpack.errors import AgentError
+from smolpack.errors import AgentError, AgentTimeout
 
 HANDSHAKE_INTERVAL_S = 0.05  # HELLO resend period; restore-to-live is ~0.3 s under QEMU TCG
 _SEND_HIGH = 256 * 1024  # stop reading our stdin while this much waits to be sent
@@ -149,7 +149,9 @@ class AgentSession:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise AgentError(f"guest agent did not answer the handshake within {timeout_s:g} s")
+                raise AgentTimeout(
+                    f"guest agent did not answer the handshake within {timeout_s:g} s"
+                )
             if now >= next_send:
                 if not self._out:  # one HELLO in flight at most: the peer may not be reading
                     self._out += hello

@@ -82,7 +82,14 @@ def qemu_argv(
     argv = [
         binary,
         "-M",
-        "microvm,acpi=off,pic=off,pit=on,rtc=off,isa-serial=off",
+        # pic=on is what gives the guest a timer interrupt. Without a legacy PIC (and with
+        # no ACPI tables) Linux cannot wire the PIT to IRQ0 ("Failed to register legacy
+        # timer interrupt"), and the APIC timer then fails its check against jiffies that
+        # never advance ("APIC timer disabled due to verification failure"). The guest ran
+        # with no tick at all: `sleep` never returned, and whenever the PIT-based TSC
+        # calibration failed (a busy host descheduling the TCG vCPU thread: "tsc: Unable
+        # to calibrate against PIT") the boot hung for good in calibrate_delay().
+        "microvm,acpi=off,pic=on,pit=on,rtc=off,isa-serial=off",
         "-accel",
         accel,
         "-cpu",

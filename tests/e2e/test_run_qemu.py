@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -95,3 +96,18 @@ def test_run_leaves_no_temp_files(test_pack: Path, e2e_env: dict[str, str], tmp_
     env = {**e2e_env, "XDG_RUNTIME_DIR": str(tmp_path)}
     assert run(test_pack, env, "true").returncode == 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["restored", "cold-boot"])
+def test_guest_timers_fire(test_pack: Path, e2e_env: dict[str, str], cold: bool) -> None:
+    # The guest kernel needs a timer interrupt: without one (QEMU microvm with pic=off gave
+    # the PIT no IRQ0 and the APIC timer failed its check) `sleep` never returned, and a
+    # boot hung for good whenever the TSC calibration failed on a busy host.
+    script = "sleep 0.3; echo slept"
+    args = ["run", *(["--cold"] if cold else []), str(test_pack), "--", script]
+    try:
+        res = smolpack(*args, env=e2e_env, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("`sleep 0.3` in the guest did not return: no timer interrupt")
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == b"slept\n"
