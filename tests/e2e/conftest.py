@@ -47,8 +47,10 @@ def test_pack(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str])
 
 
 @pytest.fixture(autouse=True)
-def no_qemu_left_behind() -> Iterator[None]:
-    before = qemu_pids()
+def no_qemu_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Our QEMUs name files under this session's temp dir (the pack, the run dir).
+    marker = str(tmp_path_factory.getbasetemp())
+    before = qemu_pids(marker)
     yield
-    leaked = qemu_pids() - before
+    leaked = qemu_pids(marker) - before
     assert not leaked, f"QEMU processes left running: {sorted(leaked)}"

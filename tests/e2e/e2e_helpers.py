@@ -52,7 +52,9 @@ def smolpack(
     )
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(marker: str = "") -> set[int]:
+    """QEMU processes running now; with `marker`, only those whose command line has it
+    (the session's temp dir), so other test runs on the same machine do not count."""
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -60,6 +62,14 @@ def qemu_pids() -> set[int]:
                 comm = Path(f"/proc/{entry}/comm").read_text().strip()
             except OSError:
                 continue
-            if comm.startswith("qemu-system"):
-                pids.add(int(entry))
+            if not comm.startswith("qemu-system"):
+                continue
+            if marker:
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if marker.encode() not in cmdline:
+                    continue
+            pids.add(int(entry))
     return pids

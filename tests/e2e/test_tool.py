@@ -24,7 +24,7 @@ pytestmark = pytest.mark.vm
 
 TEXT = b"The cat and the hat.\nThe cat sat on the mat, and the cat slept.\n"
 WORDFREQ_OUT = (
-    b"lines 2\nwords 16\nchars 63\ntop 2:\n       4 cat\n       1 hat\n"
+    b"lines 2\nwords 15\nchars 64\ntop 2:\n       3 cat\n       1 hat\n"
     b"report /tmp/wordfreq-report.txt sha256 "
 )
 
@@ -187,7 +187,8 @@ def test_truncated_tool_fails_cleanly(
 def test_ctrl_c_stops_the_tool_and_leaves_nothing(
     tools: dict[str, Path], user_dir: dict[str, str]
 ) -> None:
-    before = qemu_pids()
+    marker = user_dir["SMOLPACK_CACHE_DIR"]  # the kernel QEMU boots lives there
+    before = qemu_pids(marker)
     proc = subprocess.Popen(
         [str(tools["sh"]), "echo started; sleep 30"],
         stdout=subprocess.PIPE,
@@ -202,9 +203,9 @@ def test_ctrl_c_stops_the_tool_and_leaves_nothing(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     deadline = time.monotonic() + 10
-    while qemu_pids() - before and time.monotonic() < deadline:
+    while qemu_pids(marker) - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert qemu_pids() - before == set()
+    assert qemu_pids(marker) - before == set()
 
 
 def test_bare_payload_runs_through_smolpack_run(
