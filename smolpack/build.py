@@ -28,9 +28,9 @@ from smolpack import __version__
 from smolpack.agent.binary import agent_binary
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
-from smolpack.engine.console import console_tail, silent_guest_detail
+from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
-from smolpack.errors import AgentTimeout, BuildError, HostError
+from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -154,6 +154,9 @@ def _boot_build_and_save(
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()
             vm.save_state(state)
+    except AgentChannelClosed as exc:  # an init step crashed the VM: say how
+        _keep_console(vm, progress)
+        raise explain_agent_failure(vm, exc) from exc
     except BaseException:
         _keep_console(vm, progress)
         raise
@@ -173,8 +176,8 @@ def _boot_handshake(vm: QemuVm, timeout_s: float) -> AgentSession:
     """Handshake with the freshly booted agent; a timeout says what the console showed."""
     try:
         return handshake(vm.agent, timeout_s=timeout_s)
-    except AgentTimeout as exc:
-        raise AgentTimeout(f"{exc}; {silent_guest_detail(vm.console_log)}") from exc
+    except AgentError as exc:
+        raise explain_agent_failure(vm, exc) from exc
 
 
 def _run_init_step(session: AgentSession, number: int, step: str, machine: MachineConfig) -> None:

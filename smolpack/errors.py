@@ -110,14 +110,39 @@ class EngineError(SmolpackError):
     exit_code = 121
 
 
+class VmStopped(EngineError):
+    """The VM stopped while a run was going on (QEMU died, the guest kernel panicked)."""
+
+
 class AgentError(SmolpackError):
     """The guest agent did not answer or broke the protocol."""
 
     exit_code = 122
 
 
+class AgentChannelClosed(AgentError):
+    """The agent channel ended or failed (callers check whether the VM itself stopped)."""
+
+
 class AgentTimeout(AgentError):
     """The guest agent did not answer in time (callers add what the guest showed)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was aborted by a signal (SIGINT, SIGTERM, SIGHUP); exits 128 + signo.
+
+    A KeyboardInterrupt, so it unwinds through every `finally` (the VM is stopped and the
+    run files removed) and is never mistaken for one of our errors.
+    """
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(signo)
+        self.signo = signo
+
+
+def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal that aborted the run (130 for a plain KeyboardInterrupt: SIGINT)."""
+    return 128 + (exc.signo if isinstance(exc, Interrupted) else 2)
 
 
 LAUNCHER_HOST_EXIT = 120

@@ -101,7 +101,7 @@ def self_path() -> str:
 def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
     """Run the tool; `pack` overrides the file carrying the payload (tests, `python -m`)."""
     from smolpack import __version__
-    from smolpack.errors import SmolpackError, launcher_exit_code
+    from smolpack.errors import SmolpackError, interrupted_exit_code, launcher_exit_code
 
     argv = sys.argv[1:] if argv is None else argv
     name = os.path.basename(sys.argv[0]) or "tool"
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
     except SmolpackError as err:
         err.show()
         sys.exit(launcher_exit_code(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("Aborted.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_exit_code(exc))
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place launcher bugs are reported

@@ -29,9 +29,10 @@ from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_file
 from smolpack.engine import Vm
+from smolpack.engine.console import explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
-from smolpack.errors import EngineError, HostError
+from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
@@ -63,15 +64,20 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
-        with _run_dir(keep=options.debug) as run_dir:
+        # Signals are ours from before the run dir exists until after it is gone: SIGTERM's
+        # default action would end the process with QEMU's files still in place.
+        with _Interrupts() as interrupts, _run_dir(keep=options.debug) as run_dir:
             vm = _start_vm(plan, payload, machine, run_dir)
             try:
                 timings["vm"] = time.monotonic() - t0
                 wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
-                session = handshake(vm.agent, wait)
-                timings["agent"] = time.monotonic() - t0
-                with session:
-                    code = _run(session, machine, args)
+                try:
+                    session = handshake(vm.agent, wait)
+                    timings["agent"] = time.monotonic() - t0
+                    with session:
+                        code = _run(session, machine, args, interrupts)
+                except AgentError as err:
+                    raise explain_agent_failure(vm, err) from err
                 timings["exit"] = time.monotonic() - t0
             except BaseException:
                 if options.debug:
@@ -160,13 +166,15 @@ def _start_qemu(
         os.close(fd)
     try:
         vm.wait_incoming()
-    except EngineError:
+    except BaseException:
         vm.close()
         raise
     return vm
 
 
-def _run(session: AgentSession, machine: MachineConfig, args: list[str]) -> int:
+def _run(
+    session: AgentSession, machine: MachineConfig, args: list[str], interrupts: _Interrupts
+) -> int:
     tty = os.isatty(0) and os.isatty(1)
     rows, cols = _window_size() if tty else (0, 0)
     request = p.RunRequest(
@@ -180,7 +188,7 @@ def _run(session: AgentSession, machine: MachineConfig, args: list[str]) -> int:
         realtime_ns=time.time_ns(),
         entropy=os.urandom(64),
     )
-    with _forward_signals(session, tty), _raw_terminal(tty):
+    with interrupts.forwarding_to(session), _resizes(session, tty), _raw_terminal(tty):
         return session.run(request, stdin_fd=0, stdout_fd=1, stderr_fd=2)
 
 
@@ -196,36 +204,77 @@ def _window_size() -> tuple[int, int]:
 # signal it gets to the Python child, and a terminal's Ctrl-C reaches both of them, so one
 # keypress can arrive twice a few ms apart. SIGINTs closer than this count as one.
 SIGINT_DEBOUNCE_S = 0.3
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Interrupts:
+    """SIGINT, SIGTERM and SIGHUP over a whole run (formats/exit-codes.md, "Signals").
+
+    - Before the guest program runs (restore, boot, handshake): the signal aborts at once.
+    - While it runs: the first one goes to the program's process group in the guest, and
+      its exit status comes back as usual (130 for a program that dies of SIGINT). Any
+      later one aborts, so a program that ignores or traps signals cannot hold the run:
+      Ctrl-C twice always ends it.
+    - Once the program has exited (cleanup): ignored; the exit code is already known.
+    Aborting raises `Interrupted(signo)`: the VM is stopped and the run dir removed on the
+    way out, and the process exits 128 + signo.
+    """
+
+    def __init__(self) -> None:
+        self._session: AgentSession | None = None
+        self._forwarded = False
+        self._done = False
+        self._last_sigint: float | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _Interrupts:
+        self._old = {s: signal.signal(s, self._handle) for s in INTERRUPTS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signo, handler in self._old.items():
+            signal.signal(signo, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signo: int, _frame: object) -> None:
+        if self._done:
+            return
+        if signo == signal.SIGINT:
+            now = time.monotonic()
+            if self._last_sigint is not None and now - self._last_sigint < SIGINT_DEBOUNCE_S:
+                return  # the same Ctrl-C, delivered twice
+            self._last_sigint = now
+        if self._session is None or self._forwarded:
+            self._done = True  # a second signal must not interrupt the cleanup
+            raise Interrupted(signo)
+        self._forwarded = True
+        self._session.forward_signal(signo)
+
+    @contextlib.contextmanager
+    def forwarding_to(self, session: AgentSession) -> Iterator[None]:
+        """Forward the first signal to the program run through `session`."""
+        self._session = session
+        try:
+            yield
+        finally:
+            self._session = None
+            self._done = True
 
 
 @contextlib.contextmanager
-def _forward_signals(session: AgentSession, tty: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP go to the guest program; a second Ctrl-C aborts the run."""
-    first_sigint: float | None = None
-
-    def forward(signo: int, _frame: object) -> None:
-        nonlocal first_sigint
-        if signo == signal.SIGINT:
-            now = time.monotonic()
-            if first_sigint is not None:
-                if now - first_sigint < SIGINT_DEBOUNCE_S:
-                    return  # the same Ctrl-C, delivered twice
-                raise KeyboardInterrupt
-            first_sigint = now
-        session.forward_signal(signo)
+def _resizes(session: AgentSession, tty: bool) -> Iterator[None]:
+    """In tty mode, pass the terminal's size changes on to the guest's pty."""
+    if not tty:
+        yield
+        return
 
     def resize(_signo: int, _frame: object) -> None:
         session.resize(*_window_size())
 
-    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    old = {s: signal.signal(s, forward) for s in wanted}
-    if tty:
-        old[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resize)
+    old = signal.signal(signal.SIGWINCH, resize)
     try:
         yield
     finally:
-        for signo, handler in old.items():
-            signal.signal(signo, handler)
+        signal.signal(signal.SIGWINCH, old)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import click
 import pytest
 
 from smolpack import cli as cli_mod
-from smolpack.errors import SmolfileError
+from smolpack.errors import Interrupted, SmolfileError
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,3 +61,25 @@ def test_internal_bug_is_reported_without_traceback(
     assert "internal error: ZeroDivisionError: oops" in err
     assert "please report" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [(KeyboardInterrupt(), 130), (Interrupted(15), 143), (Interrupted(1), 129)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_an_interrupted_command_exits_128_plus_the_signal(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raised: KeyboardInterrupt,
+    code: int,
+) -> None:
+    @click.command("boom-signal")
+    def boom() -> None:
+        raise raised
+
+    monkeypatch.setattr(cli_mod.cli, "commands", {**cli_mod.cli.commands, "boom-signal": boom})
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.main(["boom-signal"])
+    assert exc.value.code == code
+    assert capsys.readouterr().err.endswith("Aborted.\n")

@@ -1,4 +1,5 @@
-"""Explaining a guest that never answered from its console log (smolpack.engine.console)."""
+"""Explaining a guest that never answered or stopped, from its console log and its VM
+(smolpack.engine.console)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from smolpack.build import _boot_handshake
-from smolpack.engine.console import console_tail, silent_guest_detail
-from smolpack.errors import AgentError, AgentTimeout
+from smolpack.engine.console import (
+    console_tail,
+    explain_agent_failure,
+    panic_message,
+    silent_guest_detail,
+)
+from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, VmStopped
 
 
 def test_tail_skips_blank_lines_and_keeps_the_last(tmp_path: Path) -> None:
@@ -64,7 +70,7 @@ def test_build_handshake_timeout_says_what_the_console_showed(
     log = tmp_path / "console.log"
     log.write_text(console)
     host, silent = socket.socketpair()
-    vm = SimpleNamespace(agent=host, console_log=log)
+    vm = SimpleNamespace(agent=host, console_log=log, stop_reason=lambda wait_s=0.0: None)
     try:
         with pytest.raises(AgentTimeout) as info:
             _boot_handshake(vm, 0.1)  # type: ignore[arg-type]
@@ -74,3 +80,48 @@ def test_build_handshake_timeout_says_what_the_console_showed(
     assert isinstance(info.value, AgentError)
     assert str(info.value).startswith("guest agent did not answer the handshake within 0.1 s; ")
     assert detail in str(info.value)
+
+
+def test_panic_message_is_the_reason_of_the_last_panic(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text(
+        "[    4.52] Kernel panic - not syncing: Out of memory: panic_on_oom is enabled\n"
+        "[    4.53] Kernel Offset: disabled\n"
+    )
+    assert panic_message(log) == "Out of memory: panic_on_oom is enabled"
+    log.write_text("smolpack-agent: started\n")
+    assert panic_message(log) is None
+    assert panic_message(tmp_path / "absent.log") is None
+
+
+def _vm(log: Path, reason: str | None) -> SimpleNamespace:
+    waits: list[float] = []
+
+    def stop_reason(wait_s: float = 0.0) -> str | None:
+        waits.append(wait_s)
+        return reason
+
+    return SimpleNamespace(console_log=log, stop_reason=stop_reason, waits=waits)
+
+
+def test_a_stopped_vm_is_named_instead_of_the_broken_channel(tmp_path: Path) -> None:
+    vm = _vm(tmp_path / "console.log", "QEMU was killed by SIGKILL")
+    err = explain_agent_failure(vm, AgentChannelClosed("guest agent closed the channel"))  # type: ignore[arg-type]
+    assert isinstance(err, VmStopped) and err.exit_code == 121
+    assert str(err) == "the VM stopped unexpectedly (QEMU was killed by SIGKILL)"
+    assert vm.waits[0] > 0  # a closed channel waits for QEMU to be reaped
+
+
+def test_a_running_vm_keeps_the_agent_error(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("smolpack-agent: started, looking for port smolpack.agent\n")
+    vm = _vm(log, None)
+    closed = AgentChannelClosed("guest agent closed the channel")
+    assert explain_agent_failure(vm, closed) is closed  # type: ignore[arg-type]
+    late = explain_agent_failure(vm, AgentTimeout("no answer within 1 s"))  # type: ignore[arg-type]
+    assert isinstance(late, AgentTimeout) and late.exit_code == 122
+    assert str(late) == (
+        "no answer within 1 s; the guest console's last line:"
+        " smolpack-agent: started, looking for port smolpack.agent"
+    )
+    assert vm.waits[-1] == 0.0  # a timeout does not wait for a VM that is running

@@ -19,7 +19,7 @@ import time
 from types import TracebackType
 
 from smolpack.agent import protocol as p
-from smolpack.errors import AgentError, AgentTimeout
+from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout
 
 HANDSHAKE_INTERVAL_S = 0.05  # HELLO resend period; restore-to-live is ~0.3 s under QEMU TCG
 _SEND_HIGH = 256 * 1024  # stop reading our stdin while this much waits to be sent
@@ -80,7 +80,7 @@ class AgentSession:
             except BlockingIOError:
                 return
             except OSError as err:
-                raise AgentError(f"guest agent channel failed: {err.strerror}") from None
+                raise AgentChannelClosed(f"guest agent channel failed: {err.strerror}") from None
             del self._out[:sent]
 
     def _read_channel(self) -> None:
@@ -89,9 +89,9 @@ class AgentSession:
         except BlockingIOError:
             return
         except OSError as err:
-            raise AgentError(f"guest agent channel failed: {err.strerror}") from None
+            raise AgentChannelClosed(f"guest agent channel failed: {err.strerror}") from None
         if not data:
-            raise AgentError("guest agent closed the channel")
+            raise AgentChannelClosed("guest agent closed the channel")
         self._pending.extend(self._reader.feed(data))
 
     def _pump(self, timeout_s: float) -> None:

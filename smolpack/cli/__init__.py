@@ -16,7 +16,7 @@ import traceback
 import click
 
 from smolpack import __version__
-from smolpack.errors import SmolpackError
+from smolpack.errors import SmolpackError, interrupted_exit_code
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns a KeyboardInterrupt (our `Interrupted` too) into Abort from it.
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
         print("Aborted.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_exit_code(cause) if isinstance(cause, KeyboardInterrupt) else 130)
     except Exception as exc:  # noqa: BLE001 - the one place bugs are reported
         _report_bug(exc)
         sys.exit(1)

@@ -20,5 +20,13 @@ class Vm(Protocol):
     # the guest console's log file (shown with --debug / on failures)
     console_log: Path
 
+    def stop_reason(self, wait_s: float = 0.0) -> str | None:
+        """Why the VM stopped, in a few words, if it has (waiting up to wait_s); else None.
+
+        Asked when the agent channel breaks, so the one error line can name the real
+        cause ("guest kernel panic: ...", "QEMU was killed by signal 9 (SIGKILL)").
+        """
+        ...
+
     def close(self) -> None:
         """Stop the VM for sure; idempotent."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smolpack.engine.console import panic_message
 from smolpack.engine.qmp import QmpClient
 from smolpack.errors import EngineError
 
@@ -211,6 +212,9 @@ class QemuVm:
         except EngineError as exc:
             self.close()
             raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
+        except BaseException:  # Ctrl-C while QEMU starts: it must not outlive us
+            self.close()
+            raise
 
     def failure_detail(self) -> str:
         """The last line QEMU printed, to explain a failure in one line."""
@@ -219,6 +223,31 @@ class QemuVm:
         except OSError:
             return ""
         return lines[-1] if lines else ""
+
+    def stop_reason(self, wait_s: float = 0.0) -> str | None:
+        """Why QEMU has exited (waiting up to wait_s for it), or None while it runs."""
+        try:
+            code = self.proc.wait(timeout=wait_s) if wait_s > 0 else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"QEMU was killed by {name}"
+        panic = panic_message(self.console_log)
+        if panic is not None:
+            # panic=-1 reboots at once and -no-reboot turns that into a clean QEMU exit.
+            return f"guest kernel panic: {panic}"
+        if code == 0:
+            # libkrunfw's kernel reboots (no panic, nothing on a quiet console) when PID 1
+            # dies, and -no-reboot turns any reboot into this clean exit.
+            return "the guest kernel rebooted: the agent (PID 1) died or the program rebooted it"
+        detail = self.failure_detail()
+        return f"QEMU exited with status {code}" + (f": {detail}" if detail else "")
 
     def save_state(self, dest: Path, *, timeout_s: float = 300.0) -> None:
         """Pause the guest and write its full state to `dest` (a migration stream).

@@ -1,0 +1,199 @@
+"""`smolpack run` on every way a run can end early: signals, a crashing guest, a killed QEMU.
+
+Each run gets a fresh, empty TMPDIR and XDG_RUNTIME_DIR (the run dir lives there), so the
+tests can check that nothing is left behind, and finds its own QEMU by that directory.
+The rules under test are in formats/exit-codes.md ("Signals", "A VM that stops").
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e_helpers import REPO, qemu_pids, smolpack
+
+pytestmark = pytest.mark.vm
+
+# Writing zeros into three tmpfs mounts (each may take half the RAM) runs a 256 MiB guest
+# out of memory; with panic_on_oom the kernel panics instead of killing dd.
+OOM_PANIC = (
+    "echo 1 > /proc/sys/vm/panic_on_oom; echo started; "
+    "for d in /tmp /dev/shm /run; do dd if=/dev/zero of=$d/fill bs=1M count=256 2>/dev/null; done; "
+    "sleep 30"
+)
+# The agent is PID 1 and ignores every signal it has no handler for (SIGKILL included, as
+# init), so crash it for real: overwrite its code with `hlt` (0xf4, a fault in user mode)
+# through /proc/1/mem. It faults the next time it wakes up, when dd's output arrives.
+KILL_AGENT = r"""
+while read range perms rest; do [ "$perms" = r-xp ] && break; done < /proc/1/maps
+start=$((0x${range%-*})); end=$((0x${range#*-}))
+printf '\364' > /tmp/h
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/h /tmp/h > /tmp/h2; cat /tmp/h2 > /tmp/h; done
+dd if=/tmp/h of=/proc/1/mem bs=4096 seek=$((start / 4096)) count=$(((end - start) / 4096))
+sleep 30
+"""
+
+
+@dataclass
+class Run:
+    proc: subprocess.Popen[bytes]
+    run_dir: Path  # the run's XDG_RUNTIME_DIR: its QEMU's command line names it
+    started: float
+    out: bytes = b""  # the rest of stdout, after `finish`
+
+    def readline(self, timeout_s: float = 120.0) -> bytes:
+        """One line of the run's stdout (b"" if it ended first)."""
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout_s):
+                pytest.fail(f"no output within {timeout_s:g} s")
+        finally:
+            sel.close()
+        return self.proc.stdout.readline()
+
+    def finish(self, timeout_s: float = 60.0) -> tuple[int, bytes, float]:
+        """Exit code, stderr and seconds since the start, once the run ended."""
+        try:
+            self.out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            pytest.fail(f"the run did not end within {timeout_s:g} s")
+        return self.proc.returncode, err, time.monotonic() - self.started
+
+    def qemus(self) -> set[int]:
+        return qemu_pids(str(self.run_dir))
+
+
+Start = Callable[..., Run]
+
+
+@pytest.fixture(scope="module")
+def smolfile_dir(test_pack: Path, e2e_env: dict[str, str]) -> Path:
+    """The fixture pack's Smolfile directory, built once into the cache by `run` itself."""
+    res = smolpack("run", "-q", str(test_pack.parent), "--", "true", env=e2e_env)
+    assert res.returncode == 0, res.stderr.decode()
+    return test_pack.parent
+
+
+@pytest.fixture
+def start(smolfile_dir: Path, e2e_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
+    """start(script, *flags) runs `smolpack run [flags] <Smolfile> -- script` in the
+    background; afterwards, no QEMU of it may run and its temp dirs must be empty."""
+    runs: list[Run] = []
+    tmp, run = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    run.mkdir()
+    env = {**e2e_env, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
+
+    def _start(script: str, *flags: str) -> Run:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smolpack", "run", *flags, str(smolfile_dir), "--", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=REPO,
+        )
+        runs.append(Run(proc, run, time.monotonic()))
+        return runs[-1]
+
+    yield _start
+    for r in runs:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.communicate()
+    # The launcher reaps its QEMU before it exits: nothing may be left, not even briefly.
+    assert qemu_pids(str(run)) == set(), "QEMU outlived the run"
+    assert list(run.iterdir()) == [], "run files left in XDG_RUNTIME_DIR"
+    assert list(tmp.iterdir()) == [], "files left in TMPDIR"
+
+
+def test_sigint_goes_to_the_program_which_exits_130(start: Start) -> None:
+    run = start("echo started; sleep 30")
+    assert run.readline() == b"started\n"
+    os.kill(run.proc.pid, signal.SIGINT)
+    code, err, took = run.finish()
+    assert code == 130, err.decode()
+    assert b"Traceback" not in err and b"Error" not in err
+    assert took < 25  # not the 30 s sleep
+
+
+def test_sigterm_goes_to_the_program_which_exits_143(start: Start) -> None:
+    run = start("echo started; sleep 30")
+    assert run.readline() == b"started\n"
+    os.kill(run.proc.pid, signal.SIGTERM)
+    code, err, took = run.finish()
+    assert code == 143, err.decode()
+    assert took < 25
+
+
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_second_signal_ends_a_program_that_ignores_the_first(start: Start, signo: int) -> None:
+    name = signal.Signals(signo).name[3:]
+    run = start(f"trap '' {name}; echo started; sleep 30; echo slept")
+    assert run.readline() == b"started\n"
+    os.kill(run.proc.pid, signo)
+    time.sleep(1.0)  # longer than the SIGINT debounce: the next one is a new keypress
+    assert run.proc.poll() is None, "the first signal must go to the program, not end the run"
+    second = time.monotonic()
+    os.kill(run.proc.pid, signo)
+    code, err, _ = run.finish()
+    assert code == 128 + signo
+    assert err.endswith(b"Aborted.\n"), err
+    assert time.monotonic() - second < 10
+
+
+def test_a_signal_before_the_program_starts_aborts_the_boot(start: Start) -> None:
+    run = start("echo started; sleep 30", "--cold")  # a cold boot: seconds before the program
+    deadline = time.monotonic() + 60
+    while not run.qemus():
+        assert run.proc.poll() is None and time.monotonic() < deadline, "no QEMU started"
+        time.sleep(0.02)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    code, err, _ = run.finish()
+    assert code == 143
+    assert err.endswith(b"Aborted.\n"), err
+    assert run.out == b""  # the program never ran
+
+
+def test_guest_kernel_panic_is_one_error_line_121(start: Start) -> None:
+    run = start(OOM_PANIC)
+    assert run.readline() == b"started\n"
+    code, err, took = run.finish()
+    assert code == 121, err.decode()
+    assert err.startswith(b"Error: the VM stopped unexpectedly (guest kernel panic: Out of memory")
+    assert err.count(b"\n") == 1, err
+    assert took < 25
+
+
+def test_agent_crash_is_one_error_line_121(start: Start) -> None:
+    run = start(KILL_AGENT)
+    code, err, took = run.finish()
+    assert code == 121, err.decode()
+    assert err == (
+        b"Error: the VM stopped unexpectedly (the guest kernel rebooted:"
+        b" the agent (PID 1) died or the program rebooted it)\n"
+    )
+    assert took < 25
+
+
+def test_qemu_killed_from_outside_is_one_error_line_121(start: Start) -> None:
+    run = start("echo started; sleep 30")
+    assert run.readline() == b"started\n"
+    (qemu,) = run.qemus()
+    killed = time.monotonic()
+    os.kill(qemu, signal.SIGKILL)
+    code, err, _ = run.finish()
+    assert code == 121, err.decode()
+    assert err == b"Error: the VM stopped unexpectedly (QEMU was killed by SIGKILL)\n"
+    assert time.monotonic() - killed < 10
