@@ -208,6 +208,28 @@ def test_ctrl_c_stops_the_tool_and_leaves_nothing(
     assert qemu_pids(marker) - before == set()
 
 
+def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    marker = user_dir["XDG_RUNTIME_DIR"]  # this run's overlay lives there
+    proc = subprocess.Popen(
+        [str(tools["sh"]), "echo started; sleep 30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=user_dir,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    (qemu,) = qemu_pids(marker)
+    killed = time.monotonic()
+    os.kill(qemu, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 121, err.decode()
+    assert err == b"Error: the VM stopped unexpectedly (QEMU was killed by SIGKILL)\n"
+    assert time.monotonic() - killed < 10
+    assert qemu_pids(marker) == set()
+
+
 def test_bare_payload_runs_through_smolpack_run(
     tmp_path: Path, e2e_env: dict[str, str], tools: dict[str, Path]
 ) -> None:
