@@ -1,9 +1,9 @@
 """Build and locate the static guest agent binary (create stage: image → disk).
 
-Compiles `guest/agent.c` (formats/agent-protocol.md) for a guest architecture into a cache
-keyed by the sha256 of the source, the compiler's identity and the flags, so the packer pays
-the ~0.3 s compile once per change. The cache code is private and tiny on purpose: it moves
-to the shared `smolpack.cache` later.
+Compiles `smolpack/_guest/agent.c` (formats/agent-protocol.md; package data, so it ships in
+the wheel) for a guest architecture into a cache keyed by the sha256 of the source, the
+compiler's identity and the flags, so the packer pays the ~0.3 s compile once per change.
+The cache code is private and tiny on purpose: it moves to the shared `smolpack.cache` later.
 """
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ from smolpack.errors import HostError, UsageError
 # Keep in step with guest/Makefile.
 CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-static", "-s")
 ARCHES = ("x86_64", "aarch64")
-_APT_HINT = {
-    "x86_64": "install musl-tools (apt-get install musl-tools) or gcc and libc6-dev",
+_NATIVE_HINT = "install musl-tools (apt-get install musl-tools) or gcc and libc6-dev"
+_CROSS_HINT = {  # Debian/Ubuntu cross compilers with a static libc
+    "x86_64": "install gcc-x86-64-linux-gnu and libc6-dev-amd64-cross",
     "aarch64": "install gcc-aarch64-linux-gnu and libc6-dev-arm64-cross",
 }
 
 
+def _hint(arch: str) -> str:
+    return _NATIVE_HINT if arch == _host_arch() else _CROSS_HINT[arch]
+
+
 def guest_source_dir() -> Path:
-    """The `guest/` directory beside the `smolpack` package (a source checkout)."""
-    return Path(smolpack.__file__).resolve().parent.parent / "guest"
+    """The agent's C sources: package data (`smolpack/_guest/`), so the packer can build the
+    agent wherever smolpack is installed, from a wheel as from a checkout. `guest/Makefile`
+    builds the same file by hand."""
+    return Path(smolpack.__file__).resolve().parent / "_guest"
 
 
 def _host_arch() -> str:
@@ -51,7 +58,7 @@ def find_compiler(arch: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise HostError(f"no C compiler for the {arch} guest agent", hint=_APT_HINT[arch])
+    raise HostError(f"no C compiler for the {arch} guest agent", hint=_hint(arch))
 
 
 def _cache_root() -> Path:
@@ -82,7 +89,7 @@ def agent_binary(
     if not source.is_file():
         raise HostError(
             f"guest agent source not found at {source}",
-            hint="run smolpack from a source checkout that has guest/",
+            hint="reinstall smolpack: its package data is incomplete",
         )
     compiler = find_compiler(arch)
     key = _build_key(source_dir, compiler)
@@ -106,7 +113,7 @@ def agent_binary(
             first = next((ln for ln in res.stderr.splitlines() if ln.strip()), "no output")
             raise HostError(
                 f"compiling the guest agent with {compiler} failed: {first}",
-                hint=_APT_HINT[arch],
+                hint=_hint(arch),
             )
         os.chmod(tmp_name, 0o755)
         os.replace(tmp_name, target)

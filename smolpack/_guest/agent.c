@@ -6,7 +6,8 @@
  * the host (section 8). One RUN at a time, single-threaded poll loop over: the channel, a
  * signalfd for SIGCHLD, and the running program's stdio (pipes, or a pty master in tty mode).
  *
- * Build: see guest/Makefile and guest/README.md (static, musl-gcc preferred).
+ * Build: see guest/Makefile and guest/README.md (static, musl-gcc preferred). This file is
+ * package data (pyproject.toml): `smolpack create` compiles it via smolpack/agent/binary.py.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
