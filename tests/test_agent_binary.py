@@ -11,6 +11,8 @@ import pytest
 from smolpack.agent.binary import agent_binary, find_compiler, guest_source_dir
 from smolpack.errors import HostError, UsageError
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_binary_is_static_cached_and_reused(tmp_path: Path) -> None:
     first = agent_binary(cache_dir=tmp_path)
@@ -49,7 +51,7 @@ def test_compile_error_is_host_error_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_missing_source_and_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(HostError, match=r"^guest agent source not found at .*/agent.c; run"):
+    with pytest.raises(HostError, match=r"^guest agent source not found at .*/agent.c; reinstall"):
         agent_binary(cache_dir=tmp_path, source_dir=tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(HostError) as exc:
@@ -63,3 +65,54 @@ def test_missing_source_and_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_unknown_arch_is_usage_error() -> None:
     with pytest.raises(UsageError, match=r"^unsupported guest architecture 'riscv64' \(use one"):
         find_compiler("riscv64")
+
+
+EM_MACHINE = {"x86_64": 62, "aarch64": 183}  # ELF e_machine: EM_X86_64, EM_AARCH64
+
+
+def static_elf_machine(path: Path) -> int:
+    """e_machine of a 64-bit little-endian ELF; asserts it has no program interpreter."""
+    data = path.read_bytes()
+    assert data[:6] == b"\x7fELF\x02\x01", "not a 64-bit little-endian ELF"
+    machine = int.from_bytes(data[18:20], "little")
+    phoff = int.from_bytes(data[32:40], "little")
+    phentsize = int.from_bytes(data[54:56], "little")
+    phnum = int.from_bytes(data[56:58], "little")
+    for i in range(phnum):
+        p_type = int.from_bytes(data[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+        assert p_type != 3, "has PT_INTERP: dynamically linked"
+    return machine
+
+
+def _cross_compiler_or_skip(arch: str) -> None:
+    try:
+        find_compiler(arch)
+    except HostError as err:
+        pytest.skip(f"no {arch} cross compiler here: {err.hint}")
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_packer_builds_a_static_agent_for_each_guest_arch(tmp_path: Path, arch: str) -> None:
+    _cross_compiler_or_skip(arch)
+    binary = agent_binary(arch, cache_dir=tmp_path)
+    assert binary.parent == tmp_path / "agent" / arch
+    assert static_elf_machine(binary) == EM_MACHINE[arch]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_guest_makefile_builds_a_static_agent_for_each_guest_arch(
+    tmp_path: Path, arch: str
+) -> None:
+    _cross_compiler_or_skip(arch)
+    for tool in ("make", "file"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    out = tmp_path / "agent"
+    res = subprocess.run(
+        ["make", "-s", "-C", str(REPO / "guest"), "check", f"ARCH={arch}", f"OUT={out}"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == f"{out}: static {arch} ELF"
+    assert static_elf_machine(out) == EM_MACHINE[arch]
