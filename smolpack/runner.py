@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, open_payload
+from smolpack.run_files import private_run_dir
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -66,7 +66,7 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
         timings["plan"] = time.monotonic() - t0
         # Signals are ours from before the run dir exists until after it is gone: SIGTERM's
         # default action would end the process with QEMU's files still in place.
-        with _Interrupts() as interrupts, _run_dir(keep=options.debug) as run_dir:
+        with _Interrupts() as interrupts, private_run_dir(keep=options.debug) as run_dir:
             vm = _start_vm(plan, payload, machine, run_dir)
             try:
                 timings["vm"] = time.monotonic() - t0
@@ -291,19 +291,6 @@ def _raw_terminal(tty: bool) -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-
-@contextlib.contextmanager
-def _run_dir(*, keep: bool) -> Iterator[Path]:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    run_dir = Path(tempfile.mkdtemp(prefix="smolpack-run-", dir=base if base else None))
-    try:
-        yield run_dir
-    finally:
-        if keep:
-            print(f"smolpack: run files kept in {run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _show_console(vm: Vm) -> None:

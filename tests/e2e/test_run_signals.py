@@ -197,3 +197,22 @@ def test_qemu_killed_from_outside_is_one_error_line_121(start: Start) -> None:
     assert code == 121, err.decode()
     assert err == b"Error: the VM stopped unexpectedly (QEMU was killed by SIGKILL)\n"
     assert time.monotonic() - killed < 10
+
+
+def test_sigkill_takes_qemu_down_and_the_next_run_sweeps_the_files(start: Start) -> None:
+    run = start("echo started; sleep 30")
+    assert run.readline() == b"started\n"
+    (qemu,) = run.qemus()
+    run.proc.kill()  # nothing can clean up after SIGKILL...
+    code, _, _ = run.finish()
+    assert code == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while run.qemus() and time.monotonic() < deadline:  # ...but QEMU dies with its parent
+        time.sleep(0.05)
+    assert run.qemus() == set()
+    (left,) = run.run_dir.iterdir()
+    assert (left / "overlay.qcow2").is_file()
+    again = start("true")  # the next run removes what the killed one left
+    code, err, _ = again.finish()
+    assert code == 0, err.decode()
+    assert not left.exists()
