@@ -138,14 +138,14 @@ def _boot_build_and_save(
     overlay = work / "overlay.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
     state = work / "state.bin"
-    with progress.step("Booting the build VM"):
-        vm = QemuVm(
-            qemu_machine,
-            RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
-            run_dir=work,
-        )
+    vm = QemuVm(
+        qemu_machine,
+        RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
+        run_dir=work,
+    )
     try:
-        session = _boot_handshake(vm, BOOT_TIMEOUT_S)
+        with progress.step("Booting the build VM"):
+            session = _boot_handshake(vm, BOOT_TIMEOUT_S)
         for number, step in enumerate(config.init, start=1):
             first, *more = step.strip().splitlines() or [""]
             label = first + (f" (+{len(more)} lines)" if more else "")
@@ -154,6 +154,8 @@ def _boot_build_and_save(
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()
             vm.save_state(state)
+    except (BuildError, KeyboardInterrupt):
+        raise  # the step's own output (or the user) already said why
     except BaseException:
         _keep_console(vm, progress)
         raise
