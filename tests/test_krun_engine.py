@@ -324,3 +324,12 @@ def test_the_stub_bundles_every_krun_module_the_run_path_imports() -> None:
     assert "smolpack.engine.krun_ffi" in KRUN_MODULES
     for module in KRUN_MODULES:
         assert importlib.util.find_spec(module) is not None, module
+
+
+@no_guest_here
+def test_create_builds_no_krun_state_here_and_says_why() -> None:
+    from smolpack.build import krun_buildable
+
+    ok, why = krun_buildable()
+    assert not ok
+    assert why == f"hardware virtualization unavailable: {HV.reason}"
