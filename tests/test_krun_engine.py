@@ -262,6 +262,27 @@ def test_smolpack_run_names_its_own_flag(tmp_path: Path) -> None:
     assert "--smol-engine" not in res.stderr
 
 
+@needs_kvm_pvm
+def test_smolpack_run_refuses_forced_krun_before_building(tmp_path: Path) -> None:
+    # A Smolfile (not a pack): building would boot a QEMU VM for seconds; refuse first.
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "Smolfile").write_text('image = "./rootfs"\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "smolpack", "run", "--engine=krun", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=60,
+    )
+    assert res.returncode == 4
+    assert res.stderr.splitlines() == [
+        "Error: hardware virtualization unavailable: /dev/kvm is provided by kvm_pvm,"
+        " which cannot run a normal guest kernel; use --engine=qemu"
+    ]
+    assert not (tmp_path / "cache").exists()
+
+
 @no_guest_here
 def test_auto_picks_qemu_on_this_host_and_says_why() -> None:
     qemu = shutil.which("qemu-system-x86_64")

@@ -72,6 +72,11 @@ def run_cmd(
         from smolpack.cache import cached_file
 
         config = _load(target)
+        if engine == "krun":
+            from smolpack.engine.krun import require_hypervisor
+
+            # Refuse before building: a build boots a VM, which krun could not run anyway.
+            require_hypervisor(CLI_FLAG)
         progress = Progress(quiet=quiet)
         pack = cached_file(
             "packs", input_digest(config), lambda tmp: build_payload(config, tmp, progress=progress)
