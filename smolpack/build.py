@@ -103,6 +103,12 @@ def build_payload(
             cmdline=machine.kernel_cmdline,
             net=machine.net,
         )
+        if machine.allow_hosts or machine.allow_cidrs:
+            # slirp (QEMU's user-mode network) has no egress filter to give them to.
+            progress.note(
+                "network allow lists are enforced by the krun engine only;"
+                " under QEMU the guest's egress is unrestricted"
+            )
         krun_ok, krun_why = krun_buildable()
         krun: tuple[StateRef, list[Any]] | None = None
         if krun_ok:  # first: the QEMU build consumes the base image

@@ -6,6 +6,7 @@ and last lines". One build VM per test (~5 s under TCG).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,3 +49,20 @@ def test_failing_init_step_fails_the_build_with_its_code_and_last_lines(
     assert err.rstrip("\n").splitlines()[-1] == errors[0]
     # Nothing half-written: no output file, no temporary beside it.
     assert not out.parent.exists() or os.listdir(out.parent) == []
+
+
+def test_allow_lists_are_announced_as_krun_only(tmp_path: Path, e2e_env: dict[str, str]) -> None:
+    make_busybox_rootfs(tmp_path / "rootfs")
+    (tmp_path / "Smolfile").write_text(
+        'image = "./rootfs"\nmemory = 128\n[network]\nallow_cidrs = ["10.0.0.0/8"]\n'
+    )
+    out = tmp_path / "net.smolmachine"
+    res = smolpack("create", "-o", str(out), str(tmp_path), env=e2e_env)
+    assert res.returncode == 0, res.stderr.decode()
+    assert (
+        "network allow lists are enforced by the krun engine only;"
+        " under QEMU the guest's egress is unrestricted"
+    ) in res.stderr.decode()
+    info = smolpack("inspect", "--json", str(out), env=e2e_env)
+    machine = json.loads(info.stdout)["manifest"]["machine"]
+    assert (machine["net"], machine["allow_cidrs"]) == (True, ["10.0.0.0/8"])
