@@ -38,6 +38,7 @@ bench: .deps-installed
 	$(PYTHON) bench/bench_restore.py
 	$(PYTHON) bench/bench_payload_open.py
 	$(PYTHON) bench/bench_embed.py
+	$(PYTHON) bench/bench_krun_prestart.py
 
 stub: .deps-installed
 	$(SMOLPACK) stub build

@@ -10,6 +10,11 @@ Read top to bottom, `build_payload` is the whole create flow (design.md §3):
 6. flatten overlay + base into the disk that ships — the very disk the saved
    memory expects (same instant: the guest is paused while we copy);
 7. write the payload: manifest, kernel, disk, state.
+
+Where hardware virtualization works (KVM, Hypervisor.framework), steps 3-6 run twice: once
+under libkrun (`_krun_build`: its state `krun-<arch>` carries its own flattened disk, since
+two build VMs never leave byte-identical disks) and once under QEMU. Elsewhere only the QEMU
+state is built, and the progress output says why.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ import tempfile
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
+from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
+from smolpack.host import host_arch, host_os, hypervisor_status
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -76,6 +84,8 @@ def build_payload(
             shutil.rmtree(tree)
         kernel = kernel_elf_path(extract_kernel(find_runtime_libs()))
         machine = MachineConfig(
+            allow_hosts=config.network.allow_hosts,
+            allow_cidrs=config.network.allow_cidrs,
             cpus=config.cpus,
             memory_mib=config.memory_mib,
             net=config.net,
@@ -93,6 +103,18 @@ def build_payload(
             cmdline=machine.kernel_cmdline,
             net=machine.net,
         )
+        if machine.allow_hosts or machine.allow_cidrs:
+            # slirp (QEMU's user-mode network) has no egress filter to give them to.
+            progress.note(
+                "network allow lists are enforced by the krun engine only;"
+                " under QEMU the guest's egress is unrestricted"
+            )
+        krun_ok, krun_why = krun_buildable()
+        krun: tuple[StateRef, list[Any]] | None = None
+        if krun_ok:  # first: the QEMU build consumes the base image
+            krun = _krun_build(config, machine, base, work, progress)
+        else:
+            progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
         state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
         with progress.step("Writing the pack"):
             manifest = Manifest(
@@ -100,16 +122,14 @@ def build_payload(
                 created=created_now(),
                 guest_arch=GUEST_ARCH,
                 machine=machine.to_dict(),
-                states=(
-                    StateRef(
-                        name=QEMU_STATE,
-                        engine="qemu",
-                        host_arch=GUEST_ARCH,
-                        host_os="linux",
-                        sections=(f"{QEMU_STATE}/migration",),
-                    ),
-                ),
-            )
+                states=(*([krun[0]] if krun else []), StateRef(
+                    name=QEMU_STATE,
+                    engine="qemu",
+                    host_arch=GUEST_ARCH,
+                    host_os="linux",
+                    sections=(f"{QEMU_STATE}/migration",),
+                )),
+            )  # fmt: skip
             with PayloadWriter(out) as writer:
                 writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
                 # zstd: the launcher materializes the kernel once into its cache anyway.
@@ -117,6 +137,8 @@ def build_payload(
                 # raw: QEMU reads the disk and the state in place, from inside the pack.
                 writer.add_file("disk", SectionKind.DISK, disk)
                 writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, state)
+                for source in krun[1] if krun else []:
+                    writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
                     target, libs = host_libs
                     paths = (libs.libkrun_path, libs.libkrunfw_path)
@@ -138,14 +160,14 @@ def _boot_build_and_save(
     overlay = work / "overlay.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
     state = work / "state.bin"
-    with progress.step("Booting the build VM"):
-        vm = QemuVm(
-            qemu_machine,
-            RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
-            run_dir=work,
-        )
+    vm = QemuVm(
+        qemu_machine,
+        RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
+        run_dir=work,
+    )
     try:
-        session = _boot_handshake(vm, BOOT_TIMEOUT_S)
+        with progress.step("Booting the build VM"):
+            session = _boot_handshake(vm, BOOT_TIMEOUT_S)
         for number, step in enumerate(config.init, start=1):
             first, *more = step.strip().splitlines() or [""]
             label = first + (f" (+{len(more)} lines)" if more else "")
@@ -154,6 +176,8 @@ def _boot_build_and_save(
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()
             vm.save_state(state)
+    except (BuildError, KeyboardInterrupt):
+        raise  # the step's own output (or the user) already said why
     except AgentChannelClosed as exc:  # an init step crashed the VM: say how
         _keep_console(vm, progress)
         raise explain_agent_failure(vm, exc) from exc
@@ -172,7 +196,77 @@ def _boot_build_and_save(
     return state, disk
 
 
-def _boot_handshake(vm: QemuVm, timeout_s: float) -> AgentSession:
+def krun_buildable() -> tuple[bool, str]:
+    """Whether this host can boot the build VM under libkrun, and why (not)."""
+    hv = hypervisor_status()
+    if not hv.usable:
+        return False, f"hardware virtualization unavailable: {hv.reason}"
+    if host_arch() != GUEST_ARCH:
+        return False, f"the guest is {GUEST_ARCH} but this host is {host_arch()}"
+    try:
+        find_runtime_libs()
+    except HostError as err:
+        return False, err.message
+    return True, hv.reason
+
+
+def _krun_build(
+    config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress
+) -> tuple[StateRef, list[Any]]:
+    """Boot the build VM under libkrun, run the init steps, SAVE, flatten its disk.
+
+    Runs only where `krun_buildable()` (never on our kvm_pvm machines): the state is saved
+    through libkrun's control socket (`SAVE <dir>`, VM left paused), and the overlay is
+    flattened while it is paused, so memory and disk are from the same instant.
+    """
+    from smolpack.engine.krun import KrunSpec, KrunVm
+    from smolpack.engine.krun_control import save_state, wait_for_socket
+    from smolpack.engine.krun_run import dns_resolvers
+    from smolpack.engine.krun_state import state_ref, state_sections
+
+    # A short directory for the socket: sun_path holds 108 bytes, `work` may be deep.
+    sock_dir = Path(tempfile.mkdtemp(prefix="smolpack-krun-"))
+    spec = KrunSpec(
+        cpus=machine.cpus,
+        memory_mib=machine.memory_mib,
+        base_disk=base.resolve(),
+        overlay=work / "krun-overlay.qcow2",
+        console_log=work / "krun-console.log",
+        net=machine.net,
+        allow_hosts=machine.allow_hosts,
+        allow_cidrs=machine.allow_cidrs,
+        dns_resolvers=dns_resolvers() if machine.allow_hosts else (),
+        control_socket=sock_dir / "control.sock",
+    )
+    state_dir, disk = work / "krun-state", work / "krun-disk.raw"
+    try:
+        with progress.step("Booting the krun build VM"):
+            vm = KrunVm(find_runtime_libs(), spec)
+        try:
+            assert spec.control_socket is not None
+            wait_for_socket(spec.control_socket, timeout_s=BOOT_TIMEOUT_S, alive=vm.alive)
+            session = _boot_handshake(vm, BOOT_TIMEOUT_S)
+            for number, step in enumerate(config.init, start=1):
+                with progress.step(f"init step {number}/{len(config.init)} (krun)"):
+                    _run_init_step(session, number, step, machine)
+            with progress.step("Saving the warmed-up krun VM"):
+                session.prepare_snapshot()
+                save_state(spec.control_socket, state_dir)
+            with progress.step("Flattening the krun disk"):
+                _qemu_img("convert", "-O", "raw", str(spec.overlay), str(disk))
+        except BaseException:
+            _keep_console(vm, progress)
+            raise
+        finally:
+            vm.close()
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    spec.overlay.unlink(missing_ok=True)
+    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=True)
+    return ref, state_sections(ref, state_dir, disk)
+
+
+def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
     """Handshake with the freshly booted agent; a timeout says what the console showed."""
     try:
         return handshake(vm.agent, timeout_s=timeout_s)
@@ -217,7 +311,7 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
         )
 
 
-def _keep_console(vm: QemuVm, progress: Progress) -> None:
+def _keep_console(vm: Vm, progress: Progress) -> None:
     lines = console_tail(vm.console_log, 15)
     if lines:
         progress.note("last lines of the build VM console:")

@@ -34,6 +34,7 @@ def info_text(path: str, engine: str, cold: bool) -> str:
         "",
         f"machine   {machine.cpus} vCPU, {machine.memory_mib} MiB RAM,"
         f" network {'on' if machine.net else 'off'}",
+        *_egress_lines(machine),
         f"runs      {default_run}",
         f"          with your arguments: {shlex.join(machine.entrypoint) or '(the arguments)'}"
         + (" ARGS..." if machine.entrypoint else ""),
@@ -41,6 +42,13 @@ def info_text(path: str, engine: str, cold: bool) -> str:
         f"engine    {how}",
     ]
     return "\n".join(lines)
+
+
+def _egress_lines(machine: MachineConfig) -> list[str]:
+    allowed = [*machine.allow_hosts, *machine.allow_cidrs]
+    if not allowed:
+        return []
+    return [f"egress    only to {', '.join(allowed)} (enforced by krun; QEMU cannot filter)"]
 
 
 def print_info(path: str, engine: str, cold: bool) -> None:

@@ -26,6 +26,8 @@ class MachineConfig:
     env: tuple[str, ...]  # "KEY=VALUE" entries for every run (PATH included)
     workdir: str  # working directory of every run; "" means "/"
     kernel_cmdline: str  # the guest kernel command line (equal at save and restore)
+    allow_hosts: tuple[str, ...] = ()  # egress allow list (krun: TSI egress policy), host names
+    allow_cidrs: tuple[str, ...] = ()  # egress allow list, networks like "10.0.0.0/8"
 
     def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """What a run executes: the entrypoint, then the user's args or else `cmd`."""
@@ -41,7 +43,11 @@ class MachineConfig:
             "env": list(self.env),
             "workdir": self.workdir,
             "kernel_cmdline": self.kernel_cmdline,
-        }
+        } | (  # only when set: packs without a [network] list keep their exact bytes
+            {"allow_hosts": list(self.allow_hosts), "allow_cidrs": list(self.allow_cidrs)}
+            if self.allow_hosts or self.allow_cidrs
+            else {}
+        )
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], *, label: str = "manifest") -> MachineConfig:
@@ -53,8 +59,8 @@ class MachineConfig:
                 raise BadLayout(f"{label}: field 'machine.{key}' is missing or not {kind.__name__}")
             return value
 
-        def strings(key: str) -> tuple[str, ...]:
-            value = field(key, list)
+        def strings(key: str, default: list[str] | None = None) -> tuple[str, ...]:
+            value = field(key, list) if default is None or key in obj else default
             if not all(isinstance(v, str) for v in value):
                 raise BadLayout(f"{label}: field 'machine.{key}' must be a list of strings")
             return tuple(value)
@@ -71,6 +77,8 @@ class MachineConfig:
             env=strings("env"),
             workdir=field("workdir", str),
             kernel_cmdline=field("kernel_cmdline", str),
+            allow_hosts=strings("allow_hosts", []),
+            allow_cidrs=strings("allow_cidrs", []),
         )
 
 

@@ -47,6 +47,7 @@ class RunOptions:
     engine: str = "auto"  # "auto" | "qemu" | "krun"
     cold: bool = False  # boot instead of restoring the saved state
     debug: bool = False  # keep the console log, print timings on stderr
+    engine_flag: str = "--smol-engine"  # how this front end spells the engine option (hints)
 
 
 def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
@@ -60,7 +61,13 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
             timings["verify"] = time.monotonic() - t0
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
-        plan = plan_run(manifest, host_facts(payload), requested=options.engine, cold=options.cold)
+        plan = plan_run(
+            manifest,
+            host_facts(payload),
+            requested=options.engine,
+            cold=options.cold,
+            flag=options.engine_flag,
+        )
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
@@ -120,10 +127,18 @@ def _libkrun_source(payload: Payload) -> str | None:
 
 def _start_vm(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
     if plan.engine == "krun":
-        raise HostError(
-            "the krun engine is not available in this build", hint="use --smol-engine=qemu"
-        )
+        return _start_krun(plan, payload, machine, run_dir)
     return _start_qemu(plan, payload, machine, run_dir)
+
+
+def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
+    # Imported here: a run that picks QEMU never loads the krun modules (or libkrun).
+    from smolpack.engine.krun_run import start_krun_vm
+    from smolpack.pack_libs import runtime_libs_for
+
+    # The pack's own libraries for this host when it carries them, else the installed ones.
+    libs = runtime_libs_for(payload, host_target())
+    return start_krun_vm(plan, payload, machine, run_dir, libs=libs)
 
 
 def _kernel_file(payload: Payload) -> Path:

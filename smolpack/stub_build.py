@@ -52,6 +52,17 @@ STUB_EXCLUDES = (
     "_strptime", "argparse", "gettext", "difflib", "click", "lief", "PyInstaller",
 )  # fmt: skip
 
+# The krun engine's run path, imported only when a run picks krun (runner._start_krun): name
+# them so PyInstaller's import scan, which skips function-level imports it cannot see
+# through, bundles them anyway.
+KRUN_MODULES = (
+    "smolpack.engine.krun",
+    "smolpack.engine.krun_ffi",
+    "smolpack.engine.krun_run",
+    "smolpack.engine.krun_state",
+    "smolpack.pack_libs",
+)
+
 # The entry script; `stub/launcher.py` in a source checkout holds the same code.
 ENTRY_SCRIPT = '''\
 """Entry script of the launcher stub (frozen by PyInstaller: `smolpack stub build`).
@@ -111,7 +122,7 @@ def stub_key() -> str:
     h.update(
         f"{host_target()} python {sys.version} pyinstaller {PyInstaller.__version__}\n".encode()
     )
-    h.update(" ".join(STUB_EXCLUDES).encode() + ENTRY_SCRIPT.encode())
+    h.update(" ".join(STUB_EXCLUDES + KRUN_MODULES).encode() + ENTRY_SCRIPT.encode())
     package = Path(smolpack.__file__).resolve().parent
     for path in _sources():
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
@@ -147,6 +158,8 @@ def _freeze(dest: Path) -> None:
             # lazily imported by the runner: make sure both engines and zstd are in
             "--hidden-import", "smolpack.engine.qemu", "--hidden-import", "zstandard",
         ]  # fmt: skip
+        for module in KRUN_MODULES:
+            argv += ["--hidden-import", module]
         for module in STUB_EXCLUDES:
             argv += ["--exclude-module", module]
         argv.append(str(script))

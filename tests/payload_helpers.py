@@ -63,7 +63,9 @@ def allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def write_fake_pack(path: Path, *, disk: bytes = b"smolpack test disk\n" * 64) -> Path:
+def write_fake_pack(
+    path: Path, *, disk: bytes = b"smolpack test disk\n" * 64, **machine: object
+) -> Path:
     """A well-formed pack with a real machine config whose kernel, disk and state are not
     bootable: for launcher paths that stop before a VM starts (info, integrity, errors)."""
     from smolpack.payload import PayloadWriter, SectionKind
@@ -82,6 +84,7 @@ def write_fake_pack(path: Path, *, disk: bytes = b"smolpack test disk\n" * 64) -
             "env": ["PATH=/bin"],
             "workdir": "/root",
             "kernel_cmdline": "console=hvc0",
+            **machine,
         },  # fmt: skip
         states=(
             StateRef(

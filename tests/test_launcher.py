@@ -79,6 +79,26 @@ def test_help_and_version_do_not_need_a_payload(tmp_path: Path) -> None:
     assert (res.returncode, res.stdout) == (0, f"smolpack launcher {__version__}\n")
 
 
+def test_info_says_who_enforces_the_egress_allow_list(tmp_path: Path) -> None:
+    pack = write_fake_pack(
+        tmp_path / "net.smolmachine",
+        net=True,
+        allow_hosts=["pypi.org"],
+        allow_cidrs=["10.0.0.0/8"],
+    )
+    res = launch("--smol-info", pack=pack)
+    assert res.returncode == 0, res.stderr
+    assert "network on\n" in res.stdout
+    assert (
+        "egress    only to pypi.org, 10.0.0.0/8 (enforced by krun; QEMU cannot filter)\n"
+        in res.stdout
+    )
+
+
+def test_info_has_no_egress_line_without_allow_lists(pack: Path) -> None:
+    assert "\negress " not in launch("--smol-info", pack=pack).stdout
+
+
 def test_bad_option_exits_123_with_one_line() -> None:
     res = launch("--smol-nope")
     assert res.returncode == 123

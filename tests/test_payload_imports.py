@@ -33,6 +33,7 @@ def test_opening_a_payload_loads_no_third_party_module() -> None:
     ours = {m for m in loaded if m.startswith("smolpack")}
     assert ours == {
         "smolpack",
+        "smolpack.atomic_file",
         "smolpack.errors",
         "smolpack.payload",
         "smolpack.payload._decode",

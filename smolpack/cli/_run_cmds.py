@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from smolpack.engine.select import CLI_FLAG
 from smolpack.errors import NotASmolmachine, UsageError
 from smolpack.progress import Progress
 from smolpack.runner import RunOptions, run_payload
@@ -63,7 +64,7 @@ def run_cmd(
       smolpack run app.smolmachine -- args...
       smolpack run --cold ./Smolfile
     """
-    options = RunOptions(engine=engine, cold=cold, debug=debug)
+    options = RunOptions(engine=engine, cold=cold, debug=debug, engine_flag=CLI_FLAG)
     if _is_payload(target):
         pack = target
     else:
@@ -71,6 +72,11 @@ def run_cmd(
         from smolpack.cache import cached_file
 
         config = _load(target)
+        if engine == "krun":
+            from smolpack.engine.krun import require_hypervisor
+
+            # Refuse before building: a build boots a VM, which krun could not run anyway.
+            require_hypervisor(CLI_FLAG)
         progress = Progress(quiet=quiet)
         pack = cached_file(
             "packs", input_digest(config), lambda tmp: build_payload(config, tmp, progress=progress)

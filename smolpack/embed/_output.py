@@ -19,8 +19,8 @@ import errno
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
+from smolpack.atomic_file import AtomicFile
 from smolpack.errors import HostError, UsageError
 from smolpack.payload._sparse import data_extents
 from smolpack.payload.locate import locate
@@ -44,74 +44,28 @@ def _describe(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-class AtomicOutput:
-    """A temporary file beside `path`, renamed to `path` by `commit()`.
-
-    Use as a context manager: leaving the block without `commit()` (any
-    exception, KeyboardInterrupt included) removes the temporary file.
-    """
+class AtomicOutput(AtomicFile):
+    """The packed executable under construction: an `AtomicFile` with create's errors."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise UsageError(f"{path}: is a directory; give the path of the executable to write")
-        # Beside the target so the final rename is atomic (same filesystem).
-        self.tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.urandom(4).hex()}")
         try:
-            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            super().__init__(path)
         except FileNotFoundError:
             raise UsageError(
                 f"{path}: cannot write: directory {directory} does not exist"
             ) from None
         except OSError as err:
             raise UsageError(f"{path}: cannot write into {directory}: {_describe(err)}") from None
-        self._done = False
 
-    def __enter__(self) -> AtomicOutput:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
-
-    def commit(self, size: int) -> None:
-        """Set the final length, fsync, chmod 0755 and rename into place."""
+    def commit(self, *, size: int, mode: int, durable: bool = True) -> None:
+        """`AtomicFile.commit`, failures as one HostError line."""
         try:
-            # Trailing holes (zero padding) exist only once the length is set.
-            os.ftruncate(self.fd, size)
-            os.fsync(self.fd)
-            os.fchmod(self.fd, OUTPUT_MODE)
-            os.close(self.fd)
-            self.fd = -1
-            os.replace(self.tmp, self.path)
+            super().commit(size=size, mode=mode, durable=durable)
         except OSError as err:
             raise HostError(f"{self.path}: writing failed: {_describe(err)}") from None
-        self._done = True
-
-    def abort(self) -> None:
-        """Remove the temporary file (no-op after `commit`)."""
-        if self._done:
-            return
-        self._done = True
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
-            offset += written
 
 
 class Copier:
@@ -236,4 +190,4 @@ def write_executable(
             raise HostError(f"{out}: writing failed: {_describe(err)}") from None
         if found != payload_offset:
             raise AssertionError(f"payload written at {payload_offset} but found at {found}")
-        dst.commit(size)
+        dst.commit(size=size, mode=OUTPUT_MODE)

@@ -28,6 +28,8 @@ from smolpack.payload.manifest import Manifest, StateRef
 
 Engine = Literal["krun", "qemu"]
 ENGINE_CHOICES = ("auto", "krun", "qemu")
+LAUNCHER_FLAG = "--smol-engine"  # a packed tool's option
+CLI_FLAG = "--engine"  # `smolpack run`'s option
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,14 +52,26 @@ class EnginePlan:
     qemu: str | None  # qemu-system-<arch> binary for the QEMU engine; None for krun
     state: StateRef | None  # the saved state to restore; None means a cold boot
     reason: str  # one line, e.g. "qemu (tcg), restoring qemu-x86_64: hardware ..."
+    flag: str = LAUNCHER_FLAG  # the front end's engine option, named in hints
 
     @property
     def restores(self) -> bool:
         return self.state is not None
 
 
-def plan_run(manifest: Manifest, facts: HostFacts, *, requested: str, cold: bool) -> EnginePlan:
-    """Pick the engine and state for running `manifest` here; HostError if nothing can."""
+def plan_run(
+    manifest: Manifest,
+    facts: HostFacts,
+    *,
+    requested: str,
+    cold: bool,
+    flag: str = LAUNCHER_FLAG,
+) -> EnginePlan:
+    """Pick the engine and state for running `manifest` here; HostError if nothing can.
+
+    `flag` is how the caller's front end spells the engine option (`--smol-engine` for a
+    packed tool, `--engine` for `smolpack run`): hints name it.
+    """
     if requested not in ENGINE_CHOICES:
         raise UsageError(f"unknown engine {requested!r} (use auto, krun or qemu)")
     krun_ok, krun_why = _krun_usable(manifest, facts)
@@ -66,20 +80,20 @@ def plan_run(manifest: Manifest, facts: HostFacts, *, requested: str, cold: bool
 
     if requested == "krun":
         if not krun_ok:
-            raise HostError(krun_why, hint="use --smol-engine=qemu")
-        return _krun_plan(krun_state, "requested", cold)
+            raise HostError(krun_why, hint=f"use {flag}=qemu")
+        return _krun_plan(krun_state, "requested", cold, flag)
     if requested == "qemu":
         if facts.qemu is None:
             raise HostError(
                 f"qemu-system-{manifest.guest_arch} not found on PATH",
-                hint="install QEMU or use --smol-engine=krun",
+                hint=f"install QEMU or use {flag}=krun",
             )
-        return _qemu_plan(manifest, facts, qemu_state, "requested", cold)
+        return _qemu_plan(manifest, facts, qemu_state, "requested", cold, flag)
     # auto
     if krun_ok:
-        return _krun_plan(krun_state, krun_why, cold)
+        return _krun_plan(krun_state, krun_why, cold, flag)
     if facts.qemu is not None:
-        return _qemu_plan(manifest, facts, qemu_state, krun_why, cold)
+        return _qemu_plan(manifest, facts, qemu_state, krun_why, cold, flag)
     raise HostError(
         f"no engine can run this pack: {krun_why}; qemu-system-{manifest.guest_arch} not found",
         hint="install QEMU (apt-get install qemu-system-x86) or run on a host with KVM",
@@ -111,18 +125,19 @@ def _state_for(manifest: Manifest, engine: Engine, facts: HostFacts) -> StateRef
     return None
 
 
-def _krun_plan(state: StateRef | None, why: str, cold: bool) -> EnginePlan:
+def _krun_plan(state: StateRef | None, why: str, cold: bool, flag: str) -> EnginePlan:
     return EnginePlan(
         engine="krun",
         accel=None,
         qemu=None,
         state=state,
         reason=_reason("krun", state, why, cold),
+        flag=flag,
     )
 
 
 def _qemu_plan(
-    manifest: Manifest, facts: HostFacts, state: StateRef | None, why: str, cold: bool
+    manifest: Manifest, facts: HostFacts, state: StateRef | None, why: str, cold: bool, flag: str
 ) -> EnginePlan:
     # States are saved under TCG, and a TCG migration stream must be loaded under TCG
     # (KVM would expose other CPUID bits than the saved vCPU had). Cold boots may use KVM.
@@ -136,6 +151,7 @@ def _qemu_plan(
         qemu=facts.qemu,
         state=state,
         reason=_reason(label, state, why, cold),
+        flag=flag,
     )
 
 

@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 
+from smolpack.atomic_file import AtomicFile
 from smolpack.errors import (
     BadLayout,
     IndexDigestMismatch,
@@ -331,32 +332,21 @@ class Payload:
         """
         entry = self._entry(name)
         _decode.check_readable(self.path, entry)
-        dst = os.fspath(dst_path)
-        directory = os.path.dirname(dst) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp-{os.urandom(4).hex()}")
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o644)
-        try:
+        with AtomicFile(dst_path) as out:
             if entry.codec == Codec.NONE:
                 hasher = hashlib.sha256()
                 with _no_short_reads(self.path):
                     copy_range(
-                        self._fd, self.origin + entry.offset, entry.stored_size, out, 0, hasher
+                        self._fd, self.origin + entry.offset, entry.stored_size, out.fd, 0, hasher
                     )
                 if hasher.digest() != entry.sha256:
                     raise self._mismatch(entry, hasher.digest())
             else:
                 _decode.decode_section(
-                    self._fd, self.origin, self.path, entry, _decode.FileSink(out)
+                    self._fd, self.origin, self.path, entry, _decode.FileSink(out.fd)
                 )
-            os.ftruncate(out, entry.raw_size)
-            os.close(out)
-            out = -1
-            os.replace(tmp, dst)
-        except BaseException:
-            if out >= 0:
-                os.close(out)
-            os.unlink(tmp)
-            raise
+            # Callers that need durability (the cache) fsync and rename once more.
+            out.commit(size=entry.raw_size, mode=0o644, durable=False)
 
     def verify(self) -> int:
         """Hash every section's stored bytes and parse the manifest; return the count.

@@ -15,6 +15,7 @@ import hashlib
 import os
 from types import TracebackType
 
+from smolpack.atomic_file import AtomicFile, default_mode
 from smolpack.errors import BuildError
 from smolpack.payload._sparse import CHUNK, ShortRead, copy_range, write_nonzero
 from smolpack.payload.layout import (
@@ -68,10 +69,8 @@ class PayloadWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        # Beside the target so the final rename is atomic; not `tempfile`,
-        # whose imports (random, shutil) the launcher would pay for too.
-        self._tmp = f"{self.path}.tmp-{os.urandom(4).hex()}"
-        self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._out = AtomicFile(self.path)
+        self._fd = self._out.fd
         self._entries: list[SectionEntry] = []
         self._cursor = HEADER_SIZE
         self._done = False
@@ -214,14 +213,7 @@ class PayloadWriter:
             os.pwrite(self._fd, header.pack(), 0)
             # Trailing holes of the last section are covered by the index, but
             # the file length must be exact for an embedded copy to match.
-            os.ftruncate(self._fd, header.payload_size)
-            os.fsync(self._fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(self._fd, 0o666 & ~umask)
-            os.close(self._fd)
-            self._fd = -1
-            os.replace(self._tmp, self.path)
+            self._out.commit(size=header.payload_size, mode=default_mode())
             self._done = True
         except BaseException:
             self.abort()
@@ -229,13 +221,5 @@ class PayloadWriter:
 
     def abort(self) -> None:
         """Drop everything written so far; the target path is left untouched."""
-        if self._done:
-            return
         self._done = True
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        self._out.abort()

@@ -1,0 +1,93 @@
+"""Start a pack's VM with libkrun: files from the payload, then `KrunVm` (run stage).
+
+What must be a file, and why (formats/krun-state.md, "Files at run time"):
+
+- the base disk: `krun_create_disk_overlay` writes an absolute *path* into the overlay, and
+  neither it nor `krun_add_disk2/3` takes an offset, so the `disk` section cannot be used in
+  place as QEMU does. It is materialized once into the cache, by digest (sparse: ~the data
+  it holds), and every run puts a fresh overlay over it.
+- guest memory: `krun_set_snapshot_memory_fd2` maps the fd from offset 0 and checks its
+  length against manifest.bin, so a section inside our file (at a 16 KiB-aligned offset,
+  followed by other sections) cannot be handed over. It is materialized once into the cache
+  by digest, then each run opens it read-only and libkrun maps it MAP_PRIVATE: pages fault
+  in lazily, writes stay private to the run.
+- checkpoint.bin, manifest.bin: decoded (zstd, a few KiB) into the run directory.
+
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from smolpack.cache import cached_file
+from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
+from smolpack.engine.krun_state import FILES, StateSections, read_memory_layout
+from smolpack.engine.select import EnginePlan
+from smolpack.machine import MachineConfig
+from smolpack.payload import Payload
+from smolpack.runtime_libs import RuntimeLibs
+
+
+def start_krun_vm(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, *,
+    libs: RuntimeLibs,
+) -> KrunVm:  # fmt: skip
+    """Restore `plan.state` (or boot cold) under libkrun; the agent answers on `vm.agent`."""
+    require_hypervisor(plan.flag)  # before any file is materialized
+    disk_section = "disk"
+    snapshot_dir = memory = None
+    if plan.state is not None:
+        layout = StateSections.from_ref(plan.state)
+        disk_section = layout.disk
+        snapshot_dir, memory = _state_files(payload, layout, run_dir)
+    spec = KrunSpec(
+        cpus=machine.cpus,
+        memory_mib=machine.memory_mib,
+        base_disk=_cached_section(payload, disk_section, "disk"),
+        overlay=run_dir / "overlay.qcow2",
+        console_log=run_dir / "console.log",
+        net=machine.net,
+        allow_hosts=machine.allow_hosts,
+        allow_cidrs=machine.allow_cidrs,
+        dns_resolvers=dns_resolvers() if machine.allow_hosts else (),
+        snapshot_dir=snapshot_dir,
+        memory_file=memory,
+    )
+    return KrunVm(libs, spec, flag=plan.flag)
+
+
+def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tuple[Path, Path]:
+    memory = _cached_section(payload, layout.memory, "krun-memory")
+    manifest = payload.read_section(layout.manifest)
+    read_memory_layout(
+        manifest, memory_size=payload.sections[layout.memory].raw_size, label=str(payload.path)
+    )
+    state = run_dir / "krun-state"
+    state.mkdir()
+    (state / FILES[2]).write_bytes(manifest)
+    (state / FILES[1]).write_bytes(payload.read_section(layout.checkpoint))
+    # The memory is handed over as an fd; the link keeps the directory complete for a
+    # libkrun that still looks for memory.bin beside the checkpoint.
+    os.symlink(memory, state / FILES[0])
+    return state, memory
+
+
+def _cached_section(payload: Payload, section: str, kind: str) -> Path:
+    digest = payload.sections[section].sha256.hex()
+    return cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp)).resolve()
+
+
+def dns_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
+    """The host's name servers (trusted resolvers for an allow_hosts policy); 1.1.1.1 if none."""
+    found: list[str] = []
+    try:
+        text = resolv_conf.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            found.append(words[1].split("%", 1)[0])
+    return tuple(dict.fromkeys(found)) or ("1.1.1.1",)

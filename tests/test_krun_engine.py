@@ -1,0 +1,356 @@
+"""The krun engine on a host that cannot run a libkrun guest (ours: /dev/kvm is kvm_pvm).
+
+- the state-file <-> section mapping and the memory-layout checks (pure);
+- the full launch path up to krun_start_enter, in a forked child, against the real
+  libkrun: every configuration call succeeds, then the child refuses to enter with the
+  one-line hardware-virtualization error, in well under the ~13 s a kvm_pvm guest would
+  crawl before dying;
+- `--smol-engine=krun` / `smolpack run --engine=krun`: exit 120 / 4 and one line naming
+  kvm_pvm and the right flag; auto picks QEMU here and says why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from payload_helpers import REPO, write_fake_pack
+
+from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
+from smolpack.engine.krun_run import dns_resolvers
+from smolpack.engine.krun_state import (
+    MemoryRegion,
+    StateSections,
+    encode_memory_layout,
+    read_memory_layout,
+    state_ref,
+    state_sections,
+)
+from smolpack.engine.select import HostFacts, plan_run
+from smolpack.errors import EngineError, HostError
+from smolpack.host import KvmStatus, hypervisor_status
+from smolpack.machine import MachineConfig
+from smolpack.payload import Manifest, StateRef
+from smolpack.payload.layout import Codec, SectionKind
+from smolpack.runtime_libs import find_runtime_libs
+
+HV = hypervisor_status()
+no_guest_here = pytest.mark.skipif(HV.usable, reason="this host can run a libkrun guest")
+KVM_PVM = Path("/sys/module/kvm_pvm").exists()
+needs_kvm_pvm = pytest.mark.skipif(not KVM_PVM, reason="the one-line error names kvm_pvm")
+
+
+# -- state sections (pure) ------------------------------------------------------------
+
+
+def test_state_ref_for_each_host() -> None:
+    ref = state_ref(host_arch="x86_64", host_os="linux", own_disk=True)
+    assert ref == StateRef(
+        name="krun-x86_64",
+        engine="krun",
+        host_arch="x86_64",
+        host_os="linux",
+        sections=(
+            "krun-x86_64/memory.bin",
+            "krun-x86_64/checkpoint.bin",
+            "krun-x86_64/manifest.bin",
+            "krun-x86_64/disk",
+        ),
+    )
+    mac = state_ref(host_arch="aarch64", host_os="macos", own_disk=False)
+    assert mac.name == "krun-aarch64" and mac.host_os == "macos" and len(mac.sections) == 3
+    assert StateSections.from_ref(mac).disk == "disk"
+    assert StateSections.from_ref(ref).disk == "krun-x86_64/disk"
+
+
+def test_state_files_become_sections(tmp_path: Path) -> None:
+    ref = state_ref(host_arch="x86_64", host_os="linux", own_disk=True)
+    disk = tmp_path / "disk.raw"
+    got = state_sections(ref, tmp_path / "state", disk)
+    assert [(s.name, s.kind, s.path.name, s.codec) for s in got] == [
+        ("krun-x86_64/memory.bin", SectionKind.STATE, "memory.bin", Codec.NONE),
+        ("krun-x86_64/checkpoint.bin", SectionKind.STATE, "checkpoint.bin", Codec.ZSTD),
+        ("krun-x86_64/manifest.bin", SectionKind.STATE, "manifest.bin", Codec.ZSTD),
+        ("krun-x86_64/disk", SectionKind.DISK, "disk.raw", Codec.NONE),
+    ]
+    with pytest.raises(EngineError, match="disagree"):
+        state_sections(ref, tmp_path, None)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (("krun-x86_64/memory.bin",), "must name sections"),
+        (("a", "b", "c"), "must name sections"),
+        (
+            (
+                "krun-x86_64/memory.bin",
+                "krun-x86_64/checkpoint.bin",
+                "krun-x86_64/manifest.bin",
+                "krun-x86_64/disk2",
+            ),
+            "4th section must be krun-x86_64/disk",
+        ),
+    ],
+)
+def test_malformed_krun_state_refs(sections: tuple[str, ...], message: str) -> None:
+    ref = StateRef(
+        name="krun-x86_64", engine="krun", host_arch="x86_64", host_os="linux", sections=sections
+    )
+    with pytest.raises(EngineError, match=message):
+        StateSections.from_ref(ref)
+
+
+def test_memory_layout_checks() -> None:
+    regions = [MemoryRegion(0, 0xC000_0000), MemoryRegion(0x1_0000_0000, 0x4000)]
+    data = encode_memory_layout(regions)
+    assert data[:8] == b"TROPLOMS"  # "SMOLPORT" as a little-endian u64
+    assert read_memory_layout(data, memory_size=0xC000_4000, label="t") == regions
+    cases = [
+        (data[:10], 0xC000_4000, "truncated"),
+        (b"X" * 8 + data[8:], 0xC000_4000, "not SMOLPORT"),
+        (data[:8] + (2).to_bytes(4, "little") + data[12:], 0xC000_4000, "version 2"),
+        (data + b"\0", 0xC000_4000, "2 regions in 49 bytes"),
+        (data, 0xC000_0000, "memory is 3221225472 bytes, its manifest says 3221241856"),
+        (encode_memory_layout([MemoryRegion(0x2000, 0x2000), MemoryRegion(0x1000, 0x1000)]),
+         0x3000, "overlaps"),
+        (encode_memory_layout([MemoryRegion(0, 0)]), 0, "empty"),
+    ]  # fmt: skip
+    for bad, size, message in cases:
+        with pytest.raises(EngineError, match=message):
+            read_memory_layout(bad, memory_size=size, label="t")
+
+
+def test_machine_config_keeps_egress_lists_and_old_manifests_still_parse() -> None:
+    base = dict(
+        cpus=1, memory_mib=256, net=True, entrypoint=(), cmd=(), env=(), workdir="",
+        kernel_cmdline="quiet",
+    )  # fmt: skip
+    plain = MachineConfig(**base)  # type: ignore[arg-type]
+    assert "allow_hosts" not in plain.to_dict()  # unchanged bytes for packs without lists
+    assert MachineConfig.from_dict(plain.to_dict()) == plain
+    lists = MachineConfig(**base, allow_hosts=("example.com",), allow_cidrs=("10.0.0.0/8",))  # type: ignore[arg-type]
+    assert MachineConfig.from_dict(json.loads(json.dumps(lists.to_dict()))) == lists
+
+
+def test_dns_resolvers(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver 10.0.0.2\n")
+    assert dns_resolvers(conf) == ("10.0.0.2", "fe80::1")
+    assert dns_resolvers(tmp_path / "none") == ("1.1.1.1",)
+
+
+# -- the launch path up to krun_start_enter ---------------------------------------------
+
+
+def spec_for(tmp_path: Path, **extra: object) -> KrunSpec:
+    base = tmp_path / "base.raw"
+    with open(base, "wb") as f:
+        f.truncate(8 << 20)
+    values: dict[str, object] = dict(
+        cpus=1,
+        memory_mib=256,
+        base_disk=base.resolve(),
+        overlay=tmp_path / "overlay.qcow2",
+        console_log=tmp_path / "console.log",
+    )
+    values.update(extra)
+    return KrunSpec(**values)  # type: ignore[arg-type]
+
+
+@no_guest_here
+def test_launch_configures_everything_then_refuses_to_enter(tmp_path: Path) -> None:
+    memory = tmp_path / "memory.bin"
+    memory.write_bytes(b"\0" * 16384)
+    spec = spec_for(
+        tmp_path,
+        net=True,
+        allow_hosts=("example.com",),
+        allow_cidrs=("10.0.0.0/8",),
+        dns_resolvers=("1.1.1.1",),
+        control_socket=tmp_path / "ctl.sock",
+        snapshot_dir=tmp_path,
+        memory_file=memory,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(HostError) as info:
+        KrunVm(find_runtime_libs(), spec)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5, f"took {elapsed:.1f} s: the guard must come before emulation"
+    assert info.value.problem == f"hardware virtualization unavailable: {HV.reason}"
+    assert info.value.hint == "use --smol-engine=qemu"
+    # The child got through every libkrun configuration call before the guard:
+    assert (tmp_path / "overlay.qcow2").read_bytes()[:4] == b"QFI\xfb"
+    assert (tmp_path / "console.log").exists()
+
+
+@no_guest_here
+def test_launch_reports_the_flag_it_was_given(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as info:
+        KrunVm(find_runtime_libs(), spec_for(tmp_path), flag="--engine")
+    assert info.value.hint == "use --engine=qemu"
+
+
+def test_configuration_failure_is_an_engine_error_with_libkrun_errno(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, overlay=tmp_path / "no" / "such" / "dir" / "o.qcow2")
+    with pytest.raises(EngineError) as info:
+        KrunVm(find_runtime_libs(), spec)
+    assert not isinstance(info.value, HostError)
+    assert str(info.value).startswith("krun_create_disk_overlay failed: EIO")
+
+
+def test_relative_base_disk_is_refused(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, base_disk=Path("base.raw"))
+    with pytest.raises(EngineError, match="base disk path must be absolute: base.raw"):
+        KrunVm(find_runtime_libs(), spec)
+
+
+def test_require_hypervisor() -> None:
+    require_hypervisor(status=KvmStatus(True, "/dev/kvm is usable (kvm_intel)"))
+    with pytest.raises(HostError) as info:
+        require_hypervisor("--engine", KvmStatus(False, "/dev/kvm does not exist"))
+    assert str(info.value) == (
+        "hardware virtualization unavailable: /dev/kvm does not exist; use --engine=qemu"
+    )
+
+
+# -- front ends ----------------------------------------------------------------------
+
+
+@needs_kvm_pvm
+def test_forced_krun_in_a_packed_tool_exits_120_with_one_line(tmp_path: Path) -> None:
+    pack = write_fake_pack(tmp_path / "fake.smolmachine")
+    code = f"import sys; from smolpack.launcher import main; main(sys.argv[1:], pack={str(pack)!r})"
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", code, "--smol-engine=krun", "true"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=60,
+    )
+    assert time.monotonic() - t0 < 10
+    assert res.returncode == 120
+    assert res.stderr == (
+        "Error: hardware virtualization unavailable: /dev/kvm is provided by kvm_pvm,"
+        " which cannot run a normal guest kernel; use --smol-engine=qemu\n"
+    )
+
+
+@needs_kvm_pvm
+def test_smolpack_run_names_its_own_flag(tmp_path: Path) -> None:
+    pack = write_fake_pack(tmp_path / "fake.smolmachine")
+    res = subprocess.run(
+        [sys.executable, "-m", "smolpack", "run", "--engine=krun", str(pack), "--", "true"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=60,
+    )
+    assert res.returncode == 4
+    assert res.stderr.strip().endswith("kvm_pvm, which cannot run a normal guest kernel;"
+                                       " use --engine=qemu")  # fmt: skip
+    assert "--smol-engine" not in res.stderr
+
+
+@needs_kvm_pvm
+def test_smolpack_run_refuses_forced_krun_before_building(tmp_path: Path) -> None:
+    # A Smolfile (not a pack): building would boot a QEMU VM for seconds; refuse first.
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "Smolfile").write_text('image = "./rootfs"\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "smolpack", "run", "--engine=krun", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=60,
+    )
+    assert res.returncode == 4
+    assert res.stderr.splitlines() == [
+        "Error: hardware virtualization unavailable: /dev/kvm is provided by kvm_pvm,"
+        " which cannot run a normal guest kernel; use --engine=qemu"
+    ]
+    assert not (tmp_path / "cache").exists()
+
+
+@no_guest_here
+def test_auto_picks_qemu_on_this_host_and_says_why() -> None:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("QEMU is not installed")
+    manifest = Manifest(
+        smolpack_version="0",
+        created="2026-01-01T00:00:00Z",
+        guest_arch="x86_64",
+        states=(
+            state_ref(host_arch="x86_64", host_os="linux", own_disk=False),
+            StateRef(name="qemu-x86_64", engine="qemu", host_arch="x86_64", host_os="linux",
+                     sections=("qemu-x86_64/migration",)),
+        ),
+    )  # fmt: skip
+    facts = HostFacts(
+        arch="x86_64", os="linux", hypervisor=HV, libkrun=find_runtime_libs().source, qemu=qemu
+    )
+    plan = plan_run(manifest, facts, requested="auto", cold=False)
+    assert plan.engine == "qemu"
+    assert plan.state is not None and plan.state.name == "qemu-x86_64"
+    assert plan.reason == (
+        f"qemu (tcg), restoring qemu-x86_64: hardware virtualization unavailable: {HV.reason}"
+    )
+
+
+def test_krun_modules_stay_stdlib_only() -> None:
+    script = (
+        "import sys, json\n"
+        "sys.path.insert(0, '.')\n"
+        "import smolpack.engine.krun_run, smolpack.engine.krun_control\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, cwd=REPO
+    )
+    assert res.returncode == 0, res.stderr
+    loaded = set(json.loads(res.stdout))
+    for heavy in ("click", "lief", "zstandard", "smol"):
+        assert heavy not in loaded
+
+
+def test_the_stub_bundles_every_krun_module_the_run_path_imports() -> None:
+    from smolpack.stub_build import KRUN_MODULES
+
+    script = (
+        "import sys, json\n"
+        "sys.path.insert(0, '.')\n"
+        "import smolpack.engine.krun_run, smolpack.pack_libs\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, cwd=REPO
+    )
+    loaded = set(json.loads(res.stdout))
+    krun = {m for m in loaded if m.startswith("smolpack.engine.krun")}
+    assert krun <= set(KRUN_MODULES)
+    assert "smolpack.engine.krun_run" in krun
+    # krun_ffi is imported inside functions (the VMM child); it must be listed too.
+    assert "smolpack.engine.krun_ffi" in KRUN_MODULES
+    for module in KRUN_MODULES:
+        assert importlib.util.find_spec(module) is not None, module
+
+
+@no_guest_here
+def test_create_builds_no_krun_state_here_and_says_why() -> None:
+    from smolpack.build import krun_buildable
+
+    ok, why = krun_buildable()
+    assert not ok
+    assert why == f"hardware virtualization unavailable: {HV.reason}"
