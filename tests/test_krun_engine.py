@@ -354,3 +354,29 @@ def test_create_builds_no_krun_state_here_and_says_why() -> None:
     ok, why = krun_buildable()
     assert not ok
     assert why == f"hardware virtualization unavailable: {HV.reason}"
+
+
+def _vmm_that_exits(tmp_path: Path, code: int) -> KrunVm:
+    """A KrunVm whose VMM child is a real process that just exits (no guest runs here)."""
+    vm = object.__new__(KrunVm)
+    vm.console_log = tmp_path / "console.log"
+    vm.log = tmp_path / "krun.log"
+    vm.status = None
+    vm.log.write_text("vmm: guest shut down\n")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        time.sleep(0.2)
+        os._exit(code)
+    vm.pid = pid
+    return vm
+
+
+def test_stop_reason_waits_for_the_vmm_and_names_how_it_ended(tmp_path: Path) -> None:
+    vm = _vmm_that_exits(tmp_path, 3)
+    assert vm.stop_reason(0.0) is None  # still running
+    assert vm.stop_reason(10.0) == (
+        "the libkrun VM process exited with code 3 (vmm: guest shut down)"
+    )
+    vm = _vmm_that_exits(tmp_path, 0)
+    vm.console_log.write_text("[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n")
+    assert vm.stop_reason(10.0) == "guest kernel panic: Attempted to kill init!"
