@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import traceback
 
 import click
 
 from smolpack import __version__
-from smolpack.errors import SmolpackError, interrupted_exit_code
+from smolpack.errors import Interrupted, SmolpackError, interrupted_exit_code
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -66,8 +67,30 @@ def _report_bug(exc: BaseException) -> None:
         traceback.print_exception(exc)
 
 
+def _unwind_on_signal(signo: int, _frame: object) -> None:
+    # Once: a second signal must not interrupt the cleanup the first one started.
+    for other in TERMINATING:
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signo)
+
+
+# Unwound like Ctrl-C (which Python already turns into KeyboardInterrupt), so every
+# `finally` runs: a killed `create` leaves no build directory beside its output, no VM.
+# A run installs its own handlers while it runs (smolpack/runner.py, `_Interrupts`).
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and exit with its code."""
+    saved = {signo: signal.signal(signo, _unwind_on_signal) for signo in TERMINATING}
+    try:
+        _main(argv)
+    finally:  # for callers that catch SystemExit (tests)
+        for signo, handler in saved.items():
+            signal.signal(signo, handler)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of exiting.
         rc = cli.main(args=argv, prog_name="smolpack", standalone_mode=False)

@@ -24,7 +24,7 @@ class Vm(Protocol):
         """Why the VM stopped, in a few words, if it has (waiting up to wait_s); else None.
 
         Asked when the agent channel breaks, so the one error line can name the real
-        cause ("guest kernel panic: ...", "QEMU was killed by signal 9 (SIGKILL)").
+        cause ("guest kernel panic: ...", "QEMU was killed by SIGKILL").
         """
         ...
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import make_busybox_rootfs, smolpack
+from e2e_helpers import REPO, make_busybox_rootfs, qemu_pids, smolpack
 
 pytestmark = pytest.mark.vm
 
@@ -66,3 +69,35 @@ def test_allow_lists_are_announced_as_krun_only(tmp_path: Path, e2e_env: dict[st
     info = smolpack("inspect", "--json", str(out), env=e2e_env)
     machine = json.loads(info.stdout)["manifest"]["machine"]
     assert (machine["net"], machine["allow_cidrs"]) == (True, ["10.0.0.0/8"])
+
+
+def test_sigterm_during_create_stops_the_build_vm_and_leaves_nothing(
+    tmp_path: Path, e2e_env: dict[str, str]
+) -> None:
+    make_busybox_rootfs(tmp_path / "rootfs")
+    (tmp_path / "Smolfile").write_text(
+        'image = "./rootfs"\nmemory = 128\ninit = ["echo step-started; sleep 30"]\n'
+    )
+    out = tmp_path / "out" / "tool.smolmachine"
+    out.parent.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smolpack", "create", "-o", str(out), str(tmp_path)],
+        stderr=subprocess.PIPE,
+        env=e2e_env,
+        cwd=REPO,
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"step-started" not in seen:  # the init step runs in the build VM
+        line = proc.stderr.readline()
+        assert line, f"create ended before its init step ran: {seen.decode()}"
+        seen += line
+    # The build VM's disk lives in the work dir beside the output: its QEMU names it.
+    assert qemu_pids(str(out.parent)), "no build VM running"
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, (seen + rest).decode()
+    assert rest.endswith(b"Aborted.\n")
+    assert b"Traceback" not in rest
+    assert qemu_pids(str(out.parent)) == set()
+    assert os.listdir(out.parent) == []  # no output, no .smolpack-build-* work dir
