@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
 
     argv = sys.argv[1:] if argv is None else argv
     name = os.path.basename(sys.argv[0]) or "tool"
+    bootloader = _follow_bootloader()
     try:
         opts, tool_args = parse_args(argv, os.environ)
         if opts.help:
@@ -134,6 +135,39 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001 - the one place launcher bugs are reported
         _report_bug(exc, __version__)
         sys.exit(125)
+    finally:
+        if bootloader is not None and os.getppid() != bootloader:
+            _remove_own_unpacked_files()
+
+
+def _follow_bootloader() -> int | None:
+    """In a PyInstaller onefile stub: the bootloader's pid, and SIGTERM for us when it dies.
+
+    The bootloader runs us as its child; it forwards its signals to us and, once we exit,
+    removes the files it unpacked (sys._MEIPASS). SIGKILL gives it no chance to do either:
+    we would run the program to its end with nobody reading, and leave those files. So the
+    kernel sends us SIGTERM when it dies (PR_SET_PDEATHSIG), which the run path takes as an
+    abort since our parent is gone (`runner._Interrupts`), and we remove the files ourselves.
+    """
+    if not getattr(sys, "frozen", False) or not hasattr(sys, "_MEIPASS"):
+        return None
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return None  # macOS: no such call; the bootloader's own cleanup is all there is
+    return parent
+
+
+def _remove_own_unpacked_files() -> None:
+    import shutil
+
+    # Everything the interpreter needs is loaded by now; unlinking mapped files is safe.
+    shutil.rmtree(getattr(sys, "_MEIPASS", ""), ignore_errors=True)
 
 
 def _report_bug(exc: BaseException, version: str) -> None:

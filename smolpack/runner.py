@@ -231,11 +231,14 @@ class _Interrupts:
       later one aborts, so a program that ignores or traps signals cannot hold the run:
       Ctrl-C twice always ends it.
     - Once the program has exited (cleanup): ignored; the exit code is already known.
+    - When our parent has gone (a frozen launcher whose bootloader was SIGKILLed sends us
+      SIGTERM through PR_SET_PDEATHSIG: `launcher._follow_bootloader`): abort at once.
     Aborting raises `Interrupted(signo)`: the VM is stopped and the run dir removed on the
     way out, and the process exits 128 + signo.
     """
 
     def __init__(self) -> None:
+        self._parent = os.getppid()
         self._session: AgentSession | None = None
         self._forwarded = False
         self._done = False
@@ -258,7 +261,9 @@ class _Interrupts:
             if self._last_sigint is not None and now - self._last_sigint < SIGINT_DEBOUNCE_S:
                 return  # the same Ctrl-C, delivered twice
             self._last_sigint = now
-        if self._session is None or self._forwarded:
+        # Orphaned (a frozen launcher's bootloader was killed): no one waits for the program.
+        orphaned = os.getppid() != self._parent
+        if self._session is None or self._forwarded or orphaned:
             self._done = True  # a second signal must not interrupt the cleanup
             raise Interrupted(signo)
         self._forwarded = True

@@ -230,6 +230,31 @@ def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
     assert qemu_pids(marker) == set()
 
 
+def test_sigkill_of_the_tool_ends_its_run_and_leaves_nothing(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    # SIGKILL hits the PyInstaller bootloader only; its Python child (the launcher proper)
+    # must not run on without it, nor leave the bootloader's unpacked files behind.
+    marker = user_dir["XDG_RUNTIME_DIR"]
+    proc = subprocess.Popen(
+        [str(tools["sh"]), "echo started; sleep 30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=user_dir,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    assert qemu_pids(marker)
+    proc.kill()
+    proc.wait()
+    dirs = [Path(user_dir["TMPDIR"]), Path(marker)]
+    deadline = time.monotonic() + 15  # far less than the program's 30 s
+    while qemu_pids(marker) or any(list(d.iterdir()) for d in dirs):
+        assert time.monotonic() < deadline, [list(d.iterdir()) for d in dirs]
+        time.sleep(0.1)
+    proc.communicate()
+
+
 def test_bare_payload_runs_through_smolpack_run(
     tmp_path: Path, e2e_env: dict[str, str], tools: dict[str, Path]
 ) -> None:
