@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
 
     argv = sys.argv[1:] if argv is None else argv
     name = os.path.basename(sys.argv[0]) or "tool"
-    bootloader = _follow_bootloader()
+    bootloader: int | None = None
     try:
         opts, tool_args = parse_args(argv, os.environ)
         if opts.help:
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
 
             print_info(path, opts.engine, opts.cold)
             sys.exit(0)
+        bootloader = _follow_bootloader()  # here: --smol-version need not import ctypes
         from smolpack.runner import RunOptions, run_payload
 
         options = RunOptions(engine=opts.engine, cold=opts.cold, debug=opts.debug)
