@@ -2,8 +2,8 @@
 
 Every engine logs the guest console (hvc0) to a file (`Vm.console_log`). The guest kernel
 runs with `quiet`, and the agent, as PID 1, prints one line when it starts, so an empty
-log means the kernel never got as far as starting the agent. A panic is printed whatever
-the log level (KERN_EMERG), so it is always there for `panic_message` to find.
+log means the kernel never got as far as starting the agent. A panic line is printed whatever
+the log level (KERN_EMERG), so `panic_message` finds it when the console got it out in time.
 """
 
 from __future__ import annotations
