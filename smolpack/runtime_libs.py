@@ -43,6 +43,7 @@ _LINUX_SYSTEM_DIRS = (
     "/usr/lib/aarch64-linux-gnu",
 )
 _MACOS_SYSTEM_DIRS = ("/opt/homebrew/lib", "/usr/local/lib")
+_DIST = "smolmachines"
 _MISSING_HINT = f"run `pip install smolmachines` or set {ENV_DIR} to a directory holding them"
 
 
@@ -95,7 +96,9 @@ def _smolmachines_dirs() -> list[Path]:
     except ImportError:
         return dirs
     try:
-        files = metadata.files("smolmachines") or []
+        # A name, not a literal: PyInstaller bundles the dist-info of every distribution
+        # named literally in an importlib.metadata call (405 KiB extracted at each start).
+        files = metadata.files(_DIST) or []
     except metadata.PackageNotFoundError:
         files = []
     for f in files:

@@ -322,3 +322,16 @@ def test_terminal_mode_gives_the_guest_a_tty_of_our_size(
     lines = [line.strip() for line in screen.splitlines() if line.strip()]
     assert lines[0].startswith("/dev/"), screen  # a real terminal in the guest
     assert lines[1] == "33 91", screen
+
+
+def test_the_launcher_bundles_the_run_path_only(tools: dict[str, Path]) -> None:
+    # What the PyInstaller bootloader unpacks at every start (issue: "imports only the run
+    # path ... no click, no lief, no build code"); metadata files would be unpacked too.
+    from PyInstaller.archive.readers import CArchiveReader
+
+    archive = CArchiveReader(str(tools["sh"]))
+    assert not [name for name in archive.toc if ".dist-info" in name]
+    modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
+    assert {"smolpack.runner", "smolpack.engine.qemu", "smolpack.engine.krun"} <= modules
+    build_side = ("click", "lief", "smolpack.build", "smolpack.cli", "smolpack.image")
+    assert not [m for m in modules if m.split(".")[0] in build_side or m.startswith(build_side)]
