@@ -52,6 +52,16 @@ class RunOptions:
 
 def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
     """Run the pack at `path` with `args`; return the guest program's exit code."""
+    # Signals are ours for the whole run, from the first read of the pack (verifying a big
+    # one takes seconds) until the run dir is gone: SIGTERM's default action would end the
+    # process without unwinding, leaving QEMU's files (and a frozen launcher's) in place.
+    with _Interrupts() as interrupts:
+        return _run_payload(path, args, options, interrupts)
+
+
+def _run_payload(
+    path: str | Path, args: list[str], options: RunOptions, interrupts: _Interrupts
+) -> int:
     t0 = time.monotonic()
     payload = open_payload(path)
     timings = {"open": time.monotonic() - t0}
@@ -71,9 +81,7 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
-        # Signals are ours from before the run dir exists until after it is gone: SIGTERM's
-        # default action would end the process with QEMU's files still in place.
-        with _Interrupts() as interrupts, private_run_dir(keep=options.debug) as run_dir:
+        with private_run_dir(keep=options.debug) as run_dir:
             vm = _start_vm(plan, payload, machine, run_dir)
             try:
                 timings["vm"] = time.monotonic() - t0

@@ -6,9 +6,12 @@ real packed executables.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,47 @@ def test_info_says_who_enforces_the_egress_allow_list(tmp_path: Path) -> None:
 
 def test_info_has_no_egress_line_without_allow_lists(pack: Path) -> None:
     assert "\negress " not in launch("--smol-info", pack=pack).stdout
+
+
+def test_sigterm_while_the_pack_is_verified_unwinds_with_143(tmp_path: Path) -> None:
+    # Verifying a big pack takes seconds; a signal then must unwind (exit 128+N, `finally`
+    # blocks run) rather than kill the process with Python's default action. To catch the
+    # launcher there deterministically, hold the verification entry's cache lock: it waits
+    # in ensure_verified until we signal it.
+    from smolpack.integrity import file_key
+    from smolpack.payload import open_payload
+
+    pack = write_fake_pack(tmp_path / "fake.smolmachine")
+    with open_payload(pack) as payload:
+        key = file_key(payload)
+    cache = tmp_path / "cache"
+    (cache / "verified").mkdir(parents=True)
+    lock = os.open(cache / "verified" / f".{key}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        code = f"import sys; from smolpack.launcher import main; main([], pack={str(pack)!r})"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, "SMOLPACK_CACHE_DIR": str(cache)},
+        )
+        deadline = time.monotonic() + 30
+        while f" {proc.pid} " not in _blocked_lock_waiters():
+            assert proc.poll() is None and time.monotonic() < deadline, "never reached the lock"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(lock)
+    assert proc.returncode == 143, err.decode()
+    assert b"Traceback" not in err
+
+
+def _blocked_lock_waiters() -> str:
+    # /proc/locks lists a waiting request as "N: -> FLOCK ADVISORY WRITE <pid> ...".
+    text = Path("/proc/locks").read_text()
+    return "".join(line + " \n" for line in text.splitlines() if "->" in line)
 
 
 def test_bad_option_exits_123_with_one_line() -> None:
