@@ -25,8 +25,12 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smolpack.errors import HostError
+
+if TYPE_CHECKING:
+    from smolpack.payload import Payload
 
 ENV_ROOT = "SMOLPACK_CACHE_DIR"
 # kinds are our own constants; keys are hex digests. Both end up as path components.
@@ -134,3 +138,15 @@ def cached_file(
             raise
         _fsync_dir(directory)
     return entry
+
+
+def cached_section(payload: Payload, section: str, kind: str) -> Path:
+    """`section` of `payload` as a file of its own (kernel, libraries, krun memory and disk).
+
+    Keyed by the section's SHA-256, so every pack that carries the same bytes shares one
+    copy; extracted once, digest-checked on the way (`Payload.copy_section_to`). Absolute,
+    because libkrun and QEMU get the path as is.
+    """
+    digest = payload.sections[section].sha256.hex()
+    entry = cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp))
+    return entry.resolve()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smolpack.cache import cached_file
+from smolpack.cache import cached_section
 from smolpack.errors import HostError
 from smolpack.payload import Payload
 from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
@@ -35,13 +35,8 @@ def runtime_libs_for(payload: Payload, target: str) -> RuntimeLibs:
     """The libraries the krun engine should load to run `payload` on host `target`."""
     if not has_host_libs(payload, target):
         return find_runtime_libs()
-    krun, fw = (_materialize(payload, name) for name in section_names(target))
+    krun, fw = (cached_section(payload, name, "libs") for name in section_names(target))
     return RuntimeLibs(libkrun_path=krun, libkrunfw_path=fw, source="payload")
-
-
-def _materialize(payload: Payload, section: str) -> Path:
-    digest = payload.sections[section].sha256.hex()
-    return cached_file("libs", digest, lambda tmp: payload.copy_section_to(section, tmp))
 
 
 def libs_for_target(target: str, this_target: str, stub_dir: Path | None) -> RuntimeLibs | None:

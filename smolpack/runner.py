@@ -26,7 +26,7 @@ from pathlib import Path
 
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.cache import cached_file
+from smolpack.cache import cached_section
 from smolpack.engine import Vm
 from smolpack.engine.console import explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
@@ -149,11 +149,6 @@ def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_
     return start_krun_vm(plan, payload, machine, run_dir, libs=libs)
 
 
-def _kernel_file(payload: Payload) -> Path:
-    digest = payload.sections["kernel"].sha256.hex()
-    return cached_file("kernel", digest, lambda tmp: payload.copy_section_to("kernel", tmp))
-
-
 def _start_qemu(
     plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path
 ) -> QemuVm:
@@ -161,7 +156,7 @@ def _start_qemu(
         guest_arch=payload.manifest().guest_arch,
         cpus=machine.cpus,
         memory_mib=machine.memory_mib,
-        kernel=_kernel_file(payload),
+        kernel=cached_section(payload, "kernel", "kernel"),
         cmdline=machine.kernel_cmdline,
         net=machine.net,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from smolpack.cache import cached_file
+from smolpack.cache import cached_section
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_state import FILES, StateSections, read_memory_layout
 from smolpack.engine.select import EnginePlan
@@ -45,7 +45,7 @@ def start_krun_vm(
     spec = KrunSpec(
         cpus=machine.cpus,
         memory_mib=machine.memory_mib,
-        base_disk=_cached_section(payload, disk_section, "disk"),
+        base_disk=cached_section(payload, disk_section, "disk"),
         overlay=run_dir / "overlay.qcow2",
         console_log=run_dir / "console.log",
         net=machine.net,
@@ -59,7 +59,7 @@ def start_krun_vm(
 
 
 def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tuple[Path, Path]:
-    memory = _cached_section(payload, layout.memory, "krun-memory")
+    memory = cached_section(payload, layout.memory, "krun-memory")
     manifest = payload.read_section(layout.manifest)
     read_memory_layout(
         manifest, memory_size=payload.sections[layout.memory].raw_size, label=str(payload.path)
@@ -72,11 +72,6 @@ def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tupl
     # libkrun that still looks for memory.bin beside the checkpoint.
     os.symlink(memory, state / FILES[0])
     return state, memory
-
-
-def _cached_section(payload: Payload, section: str, kind: str) -> Path:
-    digest = payload.sections[section].sha256.hex()
-    return cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp)).resolve()
 
 
 def dns_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
