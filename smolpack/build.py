@@ -219,23 +219,18 @@ def _krun_build(
     through libkrun's control socket (`SAVE <dir>`, VM left paused), and the overlay is
     flattened while it is paused, so memory and disk are from the same instant.
     """
-    from smolpack.engine.krun import KrunSpec, KrunVm
+    from smolpack.engine.krun import KrunVm
     from smolpack.engine.krun_control import save_state, wait_for_socket
-    from smolpack.engine.krun_run import dns_resolvers
+    from smolpack.engine.krun_run import machine_spec
     from smolpack.engine.krun_state import state_ref, state_sections
 
     # A short directory for the socket: sun_path holds 108 bytes, `work` may be deep.
     sock_dir = Path(tempfile.mkdtemp(prefix="smolpack-krun-"))
-    spec = KrunSpec(
-        cpus=machine.cpus,
-        memory_mib=machine.memory_mib,
+    spec = machine_spec(
+        machine,
         base_disk=base.resolve(),
         overlay=work / "krun-overlay.qcow2",
         console_log=work / "krun-console.log",
-        net=machine.net,
-        allow_hosts=machine.allow_hosts,
-        allow_cidrs=machine.allow_cidrs,
-        dns_resolvers=dns_resolvers() if machine.allow_hosts else (),
         control_socket=sock_dir / "control.sock",
     )
     state_dir, disk = work / "krun-state", work / "krun-disk.raw"

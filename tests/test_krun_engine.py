@@ -24,7 +24,7 @@ import pytest
 from payload_helpers import REPO, write_fake_pack
 
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
-from smolpack.engine.krun_run import dns_resolvers
+from smolpack.engine.krun_run import dns_resolvers, machine_spec
 from smolpack.engine.krun_state import (
     MemoryRegion,
     StateSections,
@@ -138,6 +138,28 @@ def test_machine_config_keeps_egress_lists_and_old_manifests_still_parse() -> No
     assert MachineConfig.from_dict(plain.to_dict()) == plain
     lists = MachineConfig(**base, allow_hosts=("example.com",), allow_cidrs=("10.0.0.0/8",))  # type: ignore[arg-type]
     assert MachineConfig.from_dict(json.loads(json.dumps(lists.to_dict()))) == lists
+
+
+def test_build_and_run_derive_the_same_machine_spec(tmp_path: Path) -> None:
+    fields = dict(entrypoint=(), cmd=(), env=(), workdir="", kernel_cmdline="quiet")
+    machine = MachineConfig(
+        cpus=2, memory_mib=384, net=True, allow_hosts=("pypi.org",), allow_cidrs=("10.0.0.0/8",),
+        **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+    offline = MachineConfig(cpus=1, memory_mib=256, net=False, **fields)  # type: ignore[arg-type]
+    files = {
+        "base_disk": tmp_path / "base",
+        "overlay": tmp_path / "o",
+        "console_log": tmp_path / "c",
+    }
+    build = machine_spec(machine, control_socket=tmp_path / "s", **files)
+    run = machine_spec(machine, snapshot_dir=tmp_path / "st", memory_file=tmp_path / "m", **files)
+    shape = ("cpus", "memory_mib", "net", "allow_hosts", "allow_cidrs", "dns_resolvers")
+    assert [getattr(build, f) for f in shape] == [getattr(run, f) for f in shape]
+    assert (build.cpus, build.memory_mib, build.net) == (2, 384, True)
+    assert (build.allow_hosts, build.allow_cidrs) == (("pypi.org",), ("10.0.0.0/8",))
+    assert build.dns_resolvers  # allow_hosts needs trusted resolvers
+    assert machine_spec(offline, **files).dns_resolvers == ()
 
 
 def test_dns_resolvers(tmp_path: Path) -> None:

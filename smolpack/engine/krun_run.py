@@ -42,20 +42,43 @@ def start_krun_vm(
         layout = StateSections.from_ref(plan.state)
         disk_section = layout.disk
         snapshot_dir, memory = _state_files(payload, layout, run_dir)
-    spec = KrunSpec(
-        cpus=machine.cpus,
-        memory_mib=machine.memory_mib,
+    spec = machine_spec(
+        machine,
         base_disk=cached_section(payload, disk_section, "disk"),
         overlay=run_dir / "overlay.qcow2",
         console_log=run_dir / "console.log",
-        net=machine.net,
-        allow_hosts=machine.allow_hosts,
-        allow_cidrs=machine.allow_cidrs,
-        dns_resolvers=dns_resolvers() if machine.allow_hosts else (),
         snapshot_dir=snapshot_dir,
         memory_file=memory,
     )
     return KrunVm(libs, spec, flag=plan.flag)
+
+
+def machine_spec(
+    machine: MachineConfig,
+    *,
+    base_disk: Path,
+    overlay: Path,
+    console_log: Path,
+    control_socket: Path | None = None,
+    snapshot_dir: Path | None = None,
+    memory_file: Path | None = None,
+) -> KrunSpec:
+    """`machine` as libkrun sees it. The build (save) and every run (restore) derive their
+    spec here, so a saved state always meets the vCPUs, RAM and devices it was saved with."""
+    return KrunSpec(
+        cpus=machine.cpus,
+        memory_mib=machine.memory_mib,
+        base_disk=base_disk,
+        overlay=overlay,
+        console_log=console_log,
+        net=machine.net,
+        allow_hosts=machine.allow_hosts,
+        allow_cidrs=machine.allow_cidrs,
+        dns_resolvers=dns_resolvers() if machine.allow_hosts else (),
+        control_socket=control_socket,
+        snapshot_dir=snapshot_dir,
+        memory_file=memory_file,
+    )
 
 
 def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tuple[Path, Path]:
