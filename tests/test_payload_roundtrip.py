@@ -59,6 +59,18 @@ def test_round_trip_bytes_and_files(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["disk", "kernel", "out.bin", "t.smolmachine"]
 
 
+def test_manifest_is_read_once_per_open_payload(tmp_path: Path) -> None:
+    out = tmp_path / "t.smolmachine"
+    write_basic(out, tmp_path)
+    with open_payload(out) as p:
+        first = p.manifest()
+        reads: list[str] = []
+        read_section = p.read_section
+        p.read_section = lambda name: reads.append(name) or read_section(name)  # type: ignore[method-assign]
+        assert p.manifest() is first
+        assert reads == []
+
+
 def test_raw_sections_are_16k_aligned_and_mappable(tmp_path: Path) -> None:
     out = tmp_path / "t.smolmachine"
     expected = write_basic(out, tmp_path)

@@ -253,6 +253,7 @@ class Payload:
         # name -> entry, in index order; includes kinds this reader does not know
         self.sections = sections
         self._fd = fd
+        self._manifest: Manifest | None = None
 
     def __enter__(self) -> Payload:
         return self
@@ -312,7 +313,13 @@ class Payload:
         return sink.getvalue()
 
     def manifest(self) -> Manifest:
-        """The parsed manifest; its digest is checked and so are its state sections."""
+        """The parsed manifest; its digest is checked and so are its state sections.
+
+        Read and checked once per open payload (a run asks for it at several steps: plan,
+        host facts, engine start); later calls return the same immutable `Manifest`.
+        """
+        if self._manifest is not None:
+            return self._manifest
         (entry,) = [e for e in self.sections.values() if e.kind == SectionKind.MANIFEST]
         manifest = Manifest.from_json(self.read_section(entry.name), label=self.path)
         for state in manifest.states:
@@ -322,6 +329,7 @@ class Payload:
                         f"{self.path}: manifest state '{state.name}' names section "
                         f"'{section}', which the index does not have"
                     )
+        self._manifest = manifest
         return manifest
 
     def copy_section_to(self, name: str, dst_path: str | os.PathLike[str]) -> None:
