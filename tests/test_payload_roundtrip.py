@@ -66,7 +66,12 @@ def test_manifest_is_read_once_per_open_payload(tmp_path: Path) -> None:
         first = p.manifest()
         reads: list[str] = []
         read_section = p.read_section
-        p.read_section = lambda name: reads.append(name) or read_section(name)  # type: ignore[method-assign]
+
+        def counting(name: str, **kwargs: int) -> bytes:
+            reads.append(name)
+            return read_section(name, **kwargs)
+
+        p.read_section = counting  # type: ignore[method-assign]
         assert p.manifest() is first
         assert reads == []
 
