@@ -267,17 +267,22 @@ def test_forced_krun_in_a_packed_tool_exits_120_with_one_line(tmp_path: Path) ->
     )
 
 
-@needs_kvm_pvm
-def test_smolpack_run_names_its_own_flag(tmp_path: Path) -> None:
-    pack = write_fake_pack(tmp_path / "fake.smolmachine")
-    res = subprocess.run(
-        [sys.executable, "-m", "smolpack", "run", "--engine=krun", str(pack), "--", "true"],
+def run_forced_krun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`smolpack run --engine=krun ARGS` with a cache of its own under tmp_path."""
+    return subprocess.run(
+        [sys.executable, "-m", "smolpack", "run", "--engine=krun", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
         timeout=60,
     )
+
+
+@needs_kvm_pvm
+def test_smolpack_run_names_its_own_flag(tmp_path: Path) -> None:
+    pack = write_fake_pack(tmp_path / "fake.smolmachine")
+    res = run_forced_krun(tmp_path, str(pack), "--", "true")
     assert res.returncode == 4
     assert res.stderr.strip().endswith("kvm_pvm, which cannot run a normal guest kernel;"
                                        " use --engine=qemu")  # fmt: skip
@@ -289,14 +294,7 @@ def test_smolpack_run_refuses_forced_krun_before_building(tmp_path: Path) -> Non
     # A Smolfile (not a pack): building would boot a QEMU VM for seconds; refuse first.
     (tmp_path / "rootfs").mkdir()
     (tmp_path / "Smolfile").write_text('image = "./rootfs"\n')
-    res = subprocess.run(
-        [sys.executable, "-m", "smolpack", "run", "--engine=krun", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "SMOLPACK_CACHE_DIR": str(tmp_path / "cache")},
-        timeout=60,
-    )
+    res = run_forced_krun(tmp_path, str(tmp_path))
     assert res.returncode == 4
     assert res.stderr.splitlines() == [
         "Error: hardware virtualization unavailable: /dev/kvm is provided by kvm_pvm,"

@@ -208,10 +208,10 @@ def test_ctrl_c_stops_the_tool_and_leaves_nothing(
     assert qemu_pids(marker) - before == set()
 
 
-def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
+def start_sleeping_tool(
     tools: dict[str, Path], user_dir: dict[str, str]
-) -> None:
-    marker = user_dir["XDG_RUNTIME_DIR"]  # this run's overlay lives there
+) -> subprocess.Popen[bytes]:
+    """The `sh` tool running a 30 s sleep, returned once the program has started."""
     proc = subprocess.Popen(
         [str(tools["sh"]), "echo started; sleep 30"],
         stdout=subprocess.PIPE,
@@ -220,6 +220,14 @@ def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"started\n"
+    return proc
+
+
+def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    marker = user_dir["XDG_RUNTIME_DIR"]  # this run's overlay lives there
+    proc = start_sleeping_tool(tools, user_dir)
     (qemu,) = qemu_pids(marker)
     killed = time.monotonic()
     os.kill(qemu, signal.SIGKILL)
@@ -236,14 +244,7 @@ def test_sigkill_of_the_tool_ends_its_run_and_leaves_nothing(
     # SIGKILL hits the PyInstaller bootloader only; its Python child (the launcher proper)
     # must not run on without it, nor leave the bootloader's unpacked files behind.
     marker = user_dir["XDG_RUNTIME_DIR"]
-    proc = subprocess.Popen(
-        [str(tools["sh"]), "echo started; sleep 30"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=user_dir,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == b"started\n"
+    proc = start_sleeping_tool(tools, user_dir)
     assert qemu_pids(marker)
     proc.kill()
     proc.wait()
