@@ -44,7 +44,8 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
     type=click.Choice(["auto", "qemu", "krun"]),
     default="auto",
     show_default=True,
-    help="Which hypervisor engine runs the VM.",
+    envvar="SMOLPACK_ENGINE",
+    help="Which hypervisor engine runs the VM (env SMOLPACK_ENGINE, as for packed tools).",
 )
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
@@ -78,8 +79,11 @@ def run_cmd(
             # Refuse before building: a build boots a VM, which krun could not run anyway.
             require_hypervisor(CLI_FLAG)
         progress = Progress(quiet=quiet)
+        # A forced engine needs only its own state: build that one (another cache entry).
+        states = engine if engine in ("krun", "qemu") else "auto"
+        key = input_digest(config, states)
         pack = cached_file(
-            "packs", input_digest(config), lambda tmp: build_payload(config, tmp, progress=progress)
+            "packs", key, lambda tmp: build_payload(config, tmp, progress=progress, states=states)
         )
     code = run_payload(pack, list(args), options)
     raise SystemExit(code)
@@ -113,9 +117,19 @@ def _stub_dir() -> Path | None:
     help="Host the executable runs on: linux-x86_64, linux-aarch64 or macos-arm64."
     " Default: this host.",
 )
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice(["auto", "krun", "qemu"]),
+    default="auto",
+    show_default=True,
+    help="Which saved VM states the pack carries. auto: krun's where this host can build it"
+    " (KVM, Hypervisor.framework) and QEMU's, which restores on any host; krun or qemu: that"
+    " engine's only (smaller, faster to build; other hosts boot it cold).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def create_cmd(
-    smolfile: Path, output: Path, fmt: str | None, target: str | None, quiet: bool
+    smolfile: Path, output: Path, fmt: str | None, target: str | None, states: str, quiet: bool
 ) -> None:
     """Build a tool from a Smolfile: boot it, run its init steps, save the warm VM.
 
@@ -144,7 +158,7 @@ def create_cmd(
     except OSError as err:
         raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
-        build_payload(config, output, progress=progress)
+        build_payload(config, output, progress=progress, states=states)
     else:
         from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
@@ -162,7 +176,7 @@ def create_cmd(
         payload = output.with_name(f".{output.name}.payload-{os.urandom(4).hex()}")
         try:
             host_libs = (target, libs) if libs is not None else None
-            build_payload(config, payload, progress=progress, host_libs=host_libs)
+            build_payload(config, payload, progress=progress, host_libs=host_libs, states=states)
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output, target=target)
         finally:
