@@ -1,9 +1,11 @@
 """Stress: restore one pack many times in a row, piped and not, and count runs that hang.
 
-Not run by the unit suite; the nested-KVM lane runs it under krun (`make kvm-test`). Each
-round is one `smolpack run --engine=E --debug PACK -- SCRIPT` with a time limit; the rounds
-cycle through stdin piped in, stdin from /dev/null, and a large output. A round that hangs
-keeps its run files (console log, krun.log) and its last stderr lines are printed.
+Not run by the unit suite; the nested-KVM lane runs it under krun (`make kvm-test`). It
+packs one tool (`create -o tool`, an executable), then each round runs it with a time limit,
+alternating `./tool --smol-debug SCRIPT` (the PyInstaller launcher) and `smolpack run --debug
+tool -- SCRIPT`, cycling through stdin piped in, stdin from /dev/null, stderr and an exit
+code, and a large output. A round that hangs or answers wrong keeps its run files (console
+log, krun.log) and its last stderr lines are printed.
 
     python bench/stress_restore.py --engine krun --rounds 30 [--limit 60] [--pack P | --keep-pack P]
 Exit 0 when every round gave the expected output and exit code, 1 otherwise.
@@ -42,7 +44,7 @@ def make_pack(engine: str, work: Path, pack: Path | None = None) -> Path:
         'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
         'init = ["echo warm > /root/warm"]\n'
     )
-    pack = pack or work / "stress.smolmachine"
+    pack = pack or work / "stress-tool"
     cmd = [sys.executable, "-m", "smolpack", "create", "-q", f"--state={engine}", "-o", str(pack)]
     subprocess.run([*cmd, str(src)], check=True)
     return pack
@@ -62,7 +64,10 @@ def main() -> int:
     bad, times = [], []
     for i in range(args.rounds):
         script, stdin, want_out, want_code = ROUNDS[i % len(ROUNDS)]
-        cmd = [sys.executable, "-m", "smolpack", "run", "--debug", str(pack), "--", script]
+        if i % 2:
+            cmd = [sys.executable, "-m", "smolpack", "run", "--debug", str(pack), "--", script]
+        else:
+            cmd = [str(pack), "--smol-debug", script]
         t0 = time.monotonic()
         try:
             res = subprocess.run(
@@ -87,7 +92,8 @@ def main() -> int:
         else:
             bad.append(f"round {i} ({script!r}): exit {res.returncode}, out {res.stdout[:80]!r}, "
                        f"stderr {err.strip().splitlines()[-6:]}")  # fmt: skip
-        print(f"round {i}: {'ok' if ok else 'WRONG'} {took:.2f} s", flush=True)
+        timing = [x for x in err.splitlines() if " restore " in x or " cold boot " in x]
+        print(f"round {i}: {'ok' if ok else 'WRONG'} {took:.2f} s {timing[-1:]}", flush=True)
     times.sort()
     if times:
         print(f"{len(times)} rounds finished: median {times[len(times) // 2]:.2f} s,"
