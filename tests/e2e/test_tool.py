@@ -127,9 +127,13 @@ def test_runs_never_write_the_shipped_file(
     tool = tools["sh"]
     before = hashlib.sha256(tool.read_bytes()).hexdigest()
     assert run_tool(tool, "echo scribble > /root/warm; sync", env=user_dir).returncode == 0
-    res = run_tool(tool, "cat /root/warm", env=user_dir)
+    # krun runs from a copy of the base disk in the cache: that copy is never written either
+    cached = sorted(Path(user_dir["SMOLPACK_CACHE_DIR"]).glob("disk/*"))
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in cached]
+    res = run_tool(tool, "cat /root/warm; echo again > /root/warm; sync", env=user_dir)
     assert res.stdout == b"warm\n"
     assert hashlib.sha256(tool.read_bytes()).hexdigest() == before
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in cached] == digests
     assert smolpack("verify", str(tool)).returncode == 0
 
 
