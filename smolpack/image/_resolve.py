@@ -129,6 +129,12 @@ def prepare_rootfs(image_path: Path, dest_dir: Path, *, arch: str = "x86_64") ->
         log.warning("not running as root: file owners from %s are not kept", image_path)
     if writer.xattr_failures:
         log.warning("%d extended attributes could not be set", writer.xattr_failures)
+    if writer.skipped_special:
+        log.warning(
+            "%s: skipped %d device nodes, FIFOs and sockets (the guest mounts its own /dev)",
+            image_path,
+            writer.skipped_special,
+        )
     return defaults
 
 
@@ -208,7 +214,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 
 
 def _copy_dir(src: Path, writer: TreeWriter, label: str) -> None:
-    """Copy a rootfs directory with the same rules as a tarball (no devices, links kept)."""
+    """Copy a rootfs directory with the same rules as a tarball (no special files, links kept)."""
     links: dict[tuple[int, int], tuple[str, ...]] = {}
     writer.add_dir((), _stat_meta(os.lstat(src)))
     stack: list[tuple[str, ...]] = [()]
@@ -237,11 +243,11 @@ def _copy_entry(
         writer.add_dir(parts, _stat_meta(st))
         stack.append(parts)
         return
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "character" if stat.S_ISCHR(mode) else "block"
-        raise EntryProblem(f"{kind} device node refused (images may not carry device nodes)")
-    if stat.S_ISSOCK(mode):
-        return  # a socket is a live endpoint of some process; meaningless in an image
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        # Same rule as a tarball: /dev comes from the guest's devtmpfs, a socket is a live
+        # endpoint of some host process, a FIFO is rarely more than a leftover.
+        writer.skipped_special += 1
+        return
     if st.st_nlink > 1:
         first = links.setdefault((st.st_dev, st.st_ino), parts)
         if first != parts:
@@ -249,7 +255,5 @@ def _copy_entry(
             return
     if stat.S_ISLNK(mode):
         writer.add_symlink(parts, _stat_meta(st), os.readlink(entry.path))
-    elif stat.S_ISFIFO(mode):
-        writer.add_fifo(parts, _stat_meta(st))
     else:
         writer.add_file(parts, _stat_meta(st), _file_chunks(entry.path))
