@@ -29,7 +29,12 @@ from smolpack.image._oci import (
     plan_docker_archive,
     plan_oci,
 )
-from smolpack.image._tar_extract import extract_tar, open_decompressed, sniff_compression
+from smolpack.image._tar_extract import (
+    StrictTarInfo,
+    extract_tar,
+    open_decompressed,
+    sniff_compression,
+)
 from smolpack.image._tree_writer import EntryMeta, EntryProblem, TreeWriter
 
 log = logging.getLogger("smolpack.image")
@@ -69,15 +74,15 @@ def _top_names(path: Path) -> set[str]:
         if sniff_compression(raw.read(512)) == "tar":
             raw.seek(0)
             try:
-                with tarfile.open(fileobj=raw, mode="r:") as tf:
+                with tarfile.open(fileobj=raw, mode="r:", tarinfo=StrictTarInfo) as tf:
                     members = tf.getmembers()
-            except tarfile.TarError:
+            except (tarfile.TarError, OSError):  # OSError: a forged size seeks past 2**63
                 return names  # extraction reports the damage with its own message
             return {m.name.strip("/").removeprefix("./") for m in members if m.isreg()}
         raw.seek(0)
         try:
             stream = open_decompressed(raw, str(path))
-            with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=StrictTarInfo) as tf:  # type: ignore[call-overload]
                 for m in tf:
                     name = m.name.strip("/").removeprefix("./")
                     if m.isreg() and "/" not in name:
@@ -163,12 +168,16 @@ def _fill(kind: ImageKind, path: Path, writer: TreeWriter, want: str) -> ImageDe
     with tempfile.TemporaryDirectory(prefix="smolpack-image-") as tmp:
         tar_path = _plain_copy(path, Path(tmp))
         try:
-            tf = tarfile.open(tar_path, mode="r:")
+            tf = tarfile.open(tar_path, mode="r:", tarinfo=StrictTarInfo)
         except tarfile.TarError as err:
             raise ImageError(f"{label}: corrupt tar ({err})") from None
         with tf:
+            try:
+                source = TarSource(tf, label)  # reads every header (StrictTarInfo checks)
+            except (tarfile.TarError, OSError) as err:  # OSError: a seek past 2**63
+                raise ImageError(f"{label}: corrupt tar ({err})") from None
             planner = plan_docker_archive if kind is ImageKind.DOCKER_ARCHIVE else plan_oci
-            return _run_plan(TarSource(tf, label), planner, writer, want)
+            return _run_plan(source, planner, writer, want)
 
 
 def _plain_copy(path: Path, tmp: Path) -> Path:
