@@ -99,6 +99,9 @@ def _show_warnings() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         log.addHandler(handler)
+        # Not to the root logger too: PyInstaller (a stub build inside `create`) gives it
+        # a handler, and each warning would print twice.
+        log.propagate = False
 
 
 def _main(argv: list[str] | None) -> None:
