@@ -7,8 +7,8 @@ written once, atomically) and returns their paths; without such sections it fall
 `find_runtime_libs` (the libraries installed beside smolpack: `smolpack run app.smolmachine`).
 
 Materializing costs ~30 ms once per library version (zstd decode of ~9 MB); a run that picks
-QEMU only asks whether they are there (`has_host_libs`). Imports only stdlib-only smolpack modules: the launcher imports it
-(lazily, on the krun path).
+QEMU only asks whether they are there (`has_host_libs`). Imports only stdlib-only smolpack
+modules: the launcher imports it (lazily, on the krun path).
 """
 
 from __future__ import annotations
