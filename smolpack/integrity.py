@@ -22,8 +22,11 @@ from smolpack.payload import Payload
 
 
 def file_key(payload: Payload) -> str:
-    """Cache key for "this exact file, with this index, was verified"."""
-    st = os.stat(payload.path)
+    """Cache key for "this exact file, with this index, was verified".
+
+    From the payload's open fd, the one the engines hand on (`Payload.fileno`): a stat of
+    the path could describe another file than the one hashed and run."""
+    st = os.fstat(payload.fileno())
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     return hashlib.sha256(payload.header.index_sha256 + ident.encode()).hexdigest()
 

@@ -28,7 +28,7 @@ from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_section
 from smolpack.engine import Vm
-from smolpack.engine.console import explain_agent_failure
+from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
@@ -164,6 +164,7 @@ def _start_qemu(
     # A fresh overlay per run: the shipped base disk is never written.
     disk = RootDisk(
         path=Path(payload.path).resolve(),
+        fd=payload.fileno(),  # the file ensure_verified hashed, not whatever the path is now
         offset=disk_offset,
         size=disk_size,
         overlay=run_dir / "overlay.qcow2",
@@ -176,7 +177,7 @@ def _start_qemu(
         raise EngineError(f"QEMU state {plan.state.name} must be one section")
     offset, _size = payload.section_file_range(plan.state.sections[0])
     # QEMU reads the migration stream from this fd, from the section's start, in place.
-    fd = os.open(payload.path, os.O_RDONLY)
+    fd = _reopen_verified(payload)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
         vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
@@ -188,6 +189,25 @@ def _start_qemu(
         vm.close()
         raise
     return vm
+
+
+def _reopen_verified(payload: Payload) -> int:
+    """A new fd on the very file `payload` verified, with a file offset of its own.
+
+    Not a dup: QEMU reads the migration stream from the fd's offset, and its disk driver
+    seeks the (shared) offset of the fd it was given. Linux reopens the open file itself;
+    elsewhere the path is reopened and must still name the same file.
+    """
+    verified = os.fstat(payload.fileno())
+    try:
+        fd = os.open(f"/proc/self/fd/{payload.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(payload.path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (verified.st_dev, verified.st_ino):
+        os.close(fd)
+        raise EngineError(f"{payload.path} was replaced by another file while it started")
+    return fd
 
 
 def _run(
@@ -317,7 +337,5 @@ def _raw_terminal(tty: bool) -> Iterator[None]:
 
 
 def _show_console(vm: Vm) -> None:
-    with contextlib.suppress(OSError):
-        tail = vm.console_log.read_text(errors="replace").strip().splitlines()[-20:]
-        for line in tail:
-            print(f"console: {line}", file=sys.stderr)
+    for line in console_tail(vm.console_log, 20):
+        print(f"console: {line}", file=sys.stderr)

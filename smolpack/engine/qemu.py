@@ -1,8 +1,10 @@
 """The QEMU engine: boot, save and restore a microVM (run stage; design.md §3).
 
-One `QemuVm` is one QEMU process. Its monitor (QMP) and the agent's
-virtio-serial port are socketpairs handed to QEMU as file descriptors, so a run
-leaves no socket files behind; the console goes to a log file in the run dir.
+One `QemuVm` is one QEMU process. Its monitor (QMP), the agent's virtio-serial port and the
+console are socketpairs handed to QEMU as file descriptors, so a run leaves no socket files
+behind; the console is copied into a bounded log in the run dir (`console_log`). A pack's
+disk is handed over as the very fd the launcher verified (`RootDisk.fd`, `-add-fd`), and
+every path QEMU still parses has its `,` doubled (QEMU's option separator).
 QEMU is killed on every exit path (`close()`, and PR_SET_PDEATHSIG if the
 launcher itself dies), so no orphan survives Ctrl-C or a crash.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolpack.engine.console import panic_message
+from smolpack.engine.console_log import ConsoleRecorder, read_tail
 from smolpack.engine.qmp import QmpClient
 from smolpack.errors import EngineError
 
@@ -52,6 +55,16 @@ class RootDisk:
     offset: int = 0  # where the image starts in that file
     size: int  # image size in bytes
     overlay: Path  # writable qcow2 over it (see `create_overlay`); all writes go there
+    fd: int | None = None  # an fd open read-only on `path`: QEMU reads it, not the path
+
+
+# QEMU fd set that carries `RootDisk.fd` (-add-fd / /dev/fdset/N); any small number works.
+_DISK_FDSET = 1
+
+
+def _opt(value: object) -> str:
+    """A value inside a QEMU `key=value,...` option: `,` is written `,,`."""
+    return str(value).replace(",", ",,")
 
 
 def qemu_argv(
@@ -62,7 +75,7 @@ def qemu_argv(
     accel: str,
     qmp_fd: int,
     agent_fd: int,
-    console_log: Path,
+    console_fd: int,
     incoming_fd: int | None,
 ) -> list[str]:
     """The QEMU command line for one VM (the single definition of the device model)."""
@@ -71,13 +84,16 @@ def qemu_argv(
     # The base is read in place (offset/size: a section inside the pack), never written;
     # every write lands in the qcow2 overlay above it. The backing link is given here, not
     # taken from the overlay's header, so a run overlay needs no path to the pack in it.
-    base_file = f"driver=file,node-name=base-file,filename={disk.path},read-only=on"
+    # Given an fd (a run: the pack the launcher verified), QEMU dup()s it from an fd set
+    # instead of opening the path again, which may by now name another file.
+    base_name = f"/dev/fdset/{_DISK_FDSET}" if disk.fd is not None else _opt(disk.path)
+    base_file = f"driver=file,node-name=base-file,filename={base_name},read-only=on"
     base = (
         f"driver=raw,node-name=base,file=base-file,offset={disk.offset},size={disk.size},"
         "read-only=on"
     )
     top = (
-        f"driver=qcow2,node-name=root,file.driver=file,file.filename={disk.overlay},"
+        f"driver=qcow2,node-name=root,file.driver=file,file.filename={_opt(disk.overlay)},"
         "backing=base,cache.no-flush=on"
     )
     argv = [
@@ -114,7 +130,7 @@ def qemu_argv(
         "-device",
         "virtio-serial-device",
         "-chardev",
-        f"file,id=con,path={console_log}",
+        f"socket,id=con,fd={console_fd}",
         "-device",
         "virtconsole,chardev=con",
         "-chardev",
@@ -130,6 +146,8 @@ def qemu_argv(
         "-device",
         "virtio-blk-device,drive=root",
     ]
+    if disk.fd is not None:
+        argv += ["-add-fd", f"fd={disk.fd},set={_DISK_FDSET}"]
     if machine.net:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
     if incoming_fd is not None:
@@ -174,6 +192,7 @@ class QemuVm:
     ) -> None:
         self.machine = machine
         self.console_log = run_dir / "console.log"
+        self._console = ConsoleRecorder(self.console_log)
         qmp_ours, qmp_theirs = socket.socketpair()
         agent_ours, agent_theirs = socket.socketpair()
         self.agent = agent_ours
@@ -185,12 +204,11 @@ class QemuVm:
             accel=accel,
             qmp_fd=qmp_theirs.fileno(),
             agent_fd=agent_theirs.fileno(),
-            console_log=self.console_log,
+            console_fd=self._console.engine_fd(),
             incoming_fd=incoming_fd,
         )
-        pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno()]
-        if incoming_fd is not None:
-            pass_fds.append(incoming_fd)
+        pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno(), self._console.engine_fd()]
+        pass_fds += [fd for fd in (incoming_fd, disk.fd) if fd is not None]
         self._stderr_path = run_dir / "qemu.stderr"
         try:
             with open(self._stderr_path, "wb") as err:
@@ -207,6 +225,7 @@ class QemuVm:
         finally:
             qmp_theirs.close()
             agent_theirs.close()
+            self._console.started()
         try:
             self.qmp = QmpClient(qmp_ours, timeout_s=30.0)
         except EngineError as exc:
@@ -218,10 +237,8 @@ class QemuVm:
 
     def failure_detail(self) -> str:
         """The last line QEMU printed, to explain a failure in one line."""
-        try:
-            lines = self._stderr_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
+        text = read_tail(self._stderr_path, 4096).decode(errors="replace")
+        lines = text.strip().splitlines()
         return lines[-1] if lines else ""
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:
@@ -232,6 +249,7 @@ class QemuVm:
             code = None
         if code is None:
             return None
+        self._console.drain()  # what the console got out before QEMU exited
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -301,6 +319,7 @@ class QemuVm:
             pass
         self.agent.close()
         self._qmp_sock.close()
+        self._console.drain(1.0)
 
     def __enter__(self) -> QemuVm:
         return self

@@ -255,6 +255,13 @@ class Payload:
         self._fd = fd
         self._manifest: Manifest | None = None
 
+    def fileno(self) -> int:
+        """The read-only fd this payload was opened, checked and verified through.
+
+        Engines hand this very fd (or a dup) to the hypervisor rather than the path, which
+        may name another file by the time it is reopened."""
+        return self._fd
+
     def __enter__(self) -> Payload:
         return self
 
