@@ -25,6 +25,7 @@ from pathlib import Path
 
 from smolpack.engine.console import panic_message
 from smolpack.engine.console_log import ConsoleRecorder, read_tail
+from smolpack.engine.qcow2 import write_empty_qcow2
 from smolpack.engine.qmp import QmpClient
 from smolpack.errors import EngineError
 
@@ -156,14 +157,14 @@ def qemu_argv(
 
 
 def create_overlay(path: Path, disk: RootDisk) -> None:
-    """Create an empty qcow2 overlay for `disk` (its backing is linked in `qemu_argv`)."""
-    res = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(disk.size)],
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        raise EngineError(f"cannot create the disk overlay: {res.stderr.strip()}")
+    """Create an empty qcow2 overlay for `disk` (its backing is linked in `qemu_argv`).
+
+    Written directly (smolpack.engine.qcow2): a run needs no qemu-img (Debian's QEMU package
+    only recommends qemu-utils), and saves its process start."""
+    try:
+        write_empty_qcow2(path, disk.size)
+    except (OSError, ValueError) as err:
+        raise EngineError(f"cannot create the disk overlay {path}: {err}") from None
 
 
 def _die_with_parent() -> None:

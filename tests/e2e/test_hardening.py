@@ -57,3 +57,18 @@ def test_a_pack_deleted_after_it_was_opened_runs_from_the_verified_fd(
     finally:
         os.close(fd)
     assert (res.returncode, res.stdout, res.stderr) == (0, b"from-fd\n", b"")
+
+
+def test_runs_with_no_qemu_img_on_path(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    # Debian's qemu-system-x86 only recommends qemu-utils; a run used to die with
+    # `internal error: FileNotFoundError` creating its overlay with qemu-img.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    qemu = shutil.which("qemu-system-x86_64")
+    assert qemu is not None
+    (bin_dir / "qemu-system-x86_64").symlink_to(qemu)
+    env = {**e2e_env, "PATH": str(bin_dir)}
+    res = smolpack("run", str(test_pack), "--", "echo no-qemu-img", env=env)
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"no-qemu-img\n", b"")
