@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,28 +67,31 @@ def _run_payload(
     timings = {"open": time.monotonic() - t0}
     try:
         # Every section is hashed once per file version before anything trusts it.
-        if ensure_verified(payload):
+        verified = ensure_verified(payload)
+        if verified.hashed:
             timings["verify"] = time.monotonic() - t0
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
-        plan = plan_run(
-            manifest,
-            host_facts(payload),
-            requested=options.engine,
-            cold=options.cold,
-            flag=options.engine_flag,
-        )
+        facts = host_facts(payload)
+
+        def planned(*, cold: bool) -> EnginePlan:
+            return plan_run(
+                manifest, facts, requested=options.engine, cold=cold, flag=options.engine_flag
+            )
+
+        plan = planned(cold=options.cold)
+        if plan.state is not None and plan.state.name in verified.damaged_states:
+            _cold_note(plan, verified.damaged_states[plan.state.name])
+            plan = planned(cold=True)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
         with private_run_dir(keep=options.debug) as run_dir:
-            vm = _start_vm(plan, payload, machine, run_dir)
+            plan, vm, session = _start(plan, lambda: planned(cold=True), payload, machine,
+                                       run_dir, debug=options.debug)  # fmt: skip
             try:
-                timings["vm"] = time.monotonic() - t0
-                wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
+                timings["agent"] = time.monotonic() - t0
                 try:
-                    session = handshake(vm.agent, wait)
-                    timings["agent"] = time.monotonic() - t0
                     with session:
                         code = _run(session, machine, args, interrupts)
                 except AgentError as err:
@@ -107,6 +110,67 @@ def _run_payload(
         return code
     finally:
         payload.close()
+
+
+def _start(
+    plan: EnginePlan,
+    cold_plan: Callable[[], EnginePlan],
+    payload: Payload,
+    machine: MachineConfig,
+    run_dir: Path,
+    *,
+    debug: bool,
+) -> tuple[EnginePlan, Vm, AgentSession]:
+    """Start the VM `plan` says and greet its agent; a restore that cannot work here (another
+    QEMU, a stream it refuses, an agent that never answers) becomes a cold boot of the same
+    pack, with one line on stderr. Nothing of the program has run at that point: RUN is
+    only sent once the agent has answered."""
+    if plan.state is None:
+        return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+    why = _restore_blocker(plan)
+    if why is None:
+        try:
+            return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+        except (EngineError, AgentError) as err:  # VmStopped is an EngineError
+            why = f"restoring it failed: {err}"
+    _cold_note(plan, why)
+    cold = cold_plan()
+    cold_dir = run_dir / "cold"  # the failed attempt's files stay apart (and go with run_dir)
+    cold_dir.mkdir(mode=0o700)
+    return (cold, *_start_greeted(cold, payload, machine, cold_dir, debug=debug))
+
+
+def _cold_note(plan: EnginePlan, why: str) -> None:
+    assert plan.state is not None
+    print(f"smolpack: not restoring {plan.state.name} ({why}); booting cold", file=sys.stderr)
+
+
+def _restore_blocker(plan: EnginePlan) -> str | None:
+    if plan.engine != "qemu" or plan.state is None or plan.qemu is None:
+        return None
+    from smolpack.engine.qemu_state import restore_blocker
+
+    try:
+        return restore_blocker(plan.state, Path(plan.qemu))
+    except (HostError, OSError):
+        return None  # QEMU cannot say its version: let the restore try (and maybe fail)
+
+
+def _start_greeted(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, *, debug: bool
+) -> tuple[Vm, AgentSession]:
+    vm = _start_vm(plan, payload, machine, run_dir)
+    try:
+        wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
+        try:
+            return vm, handshake(vm.agent, wait)
+        except AgentError as err:
+            raise explain_agent_failure(vm, err) from err
+    except BaseException:
+        if debug:
+            _show_console(vm)
+        vm.close()
+        raise
 
 
 def host_facts(payload: Payload) -> HostFacts:

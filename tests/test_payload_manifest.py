@@ -63,6 +63,18 @@ def test_missing_field_and_repeated_state() -> None:
         Manifest.from_dict(obj)
 
 
+def test_recorded_facts_round_trip_and_must_be_strings() -> None:
+    obj = sample_manifest("s").to_dict()
+    assert "recorded" not in obj["states"][0]  # written only when set: old bytes unchanged
+    obj["states"][0]["recorded"] = {"qemu_version": "7.2.22", "cpu": "max"}
+    m = Manifest.from_dict(obj)
+    assert m.states[0].recorded == {"qemu_version": "7.2.22", "cpu": "max"}
+    assert Manifest.from_json(m.to_json()) == m
+    obj["states"][0]["recorded"] = {"qemu_version": 7}
+    with pytest.raises(BadLayout, match=r"field 'states\[0\].recorded.qemu_version' must be a str"):
+        Manifest.from_dict(obj)
+
+
 def test_states_for_unknown_engines_or_hosts_are_skipped() -> None:
     known = sample_manifest("s")
     obj = known.to_dict()

@@ -29,6 +29,16 @@ from smolpack.engine.qcow2 import write_empty_qcow2
 from smolpack.engine.qmp import QmpClient
 from smolpack.errors import EngineError
 
+# pic=on is what gives the guest a timer interrupt. Without a legacy PIC (and with no ACPI
+# tables) Linux cannot wire the PIT to IRQ0 ("Failed to register legacy timer interrupt"),
+# and the APIC timer then fails its check against jiffies that never advance ("APIC timer
+# disabled due to verification failure"). The guest ran with no tick at all: `sleep` never
+# returned, and whenever the PIT-based TSC calibration failed (a busy host descheduling the
+# TCG vCPU thread: "tsc: Unable to calibrate against PIT") the boot hung for good in
+# calibrate_delay().
+MACHINE = "microvm,acpi=off,pic=on,pit=on,rtc=off,isa-serial=off"
+# "max" under TCG is whatever this QEMU version emulates: recorded with each saved state.
+CPU_MODEL = "max"
 AGENT_PORT_NAME = "smolpack.agent"
 AGENT_GUEST_PATH = "/smolpack/agent"
 # panic=-1 makes a panicking guest reboot at once, and -no-reboot turns that
@@ -100,18 +110,11 @@ def qemu_argv(
     argv = [
         binary,
         "-M",
-        # pic=on is what gives the guest a timer interrupt. Without a legacy PIC (and with
-        # no ACPI tables) Linux cannot wire the PIT to IRQ0 ("Failed to register legacy
-        # timer interrupt"), and the APIC timer then fails its check against jiffies that
-        # never advance ("APIC timer disabled due to verification failure"). The guest ran
-        # with no tick at all: `sleep` never returned, and whenever the PIT-based TSC
-        # calibration failed (a busy host descheduling the TCG vCPU thread: "tsc: Unable
-        # to calibrate against PIT") the boot hung for good in calibrate_delay().
-        "microvm,acpi=off,pic=on,pit=on,rtc=off,isa-serial=off",
+        MACHINE,
         "-accel",
         accel,
         "-cpu",
-        "max",
+        CPU_MODEL,
         "-smp",
         str(machine.cpus),
         "-m",
@@ -229,7 +232,7 @@ class QemuVm:
             self._console.started()
         try:
             self.qmp = QmpClient(qmp_ours, timeout_s=30.0)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:  # OSError: QEMU exited before its greeting
             self.close()
             raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
         except BaseException:  # Ctrl-C while QEMU starts: it must not outlive us

@@ -43,15 +43,21 @@ class StateRef:
     host_os: str
     # names of the payload sections holding it, in the engine's order
     sections: tuple[str, ...]
+    # what the engine recorded about the VM that saved it (QEMU: version, machine, CPU
+    # model); the engine compares it with the host's before restoring. Written only when set.
+    recorded: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "engine": self.engine,
             "host_arch": self.host_arch,
             "host_os": self.host_os,
             "sections": list(self.sections),
         }
+        if self.recorded:
+            out["recorded"] = dict(self.recorded)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,12 +142,17 @@ def _state(obj: object, label: str, where: str) -> tuple[str, StateRef | None]:
     for i, section in enumerate(sections):
         if not isinstance(section, str) or not section:
             raise BadLayout(f"{label}: field '{where}.sections[{i}]' must be a section name")
+    recorded = f.get_dict("recorded") if "recorded" in f.obj else {}
+    for key, value in recorded.items():
+        if not isinstance(value, str):
+            raise BadLayout(f"{label}: field '{where}.recorded.{key}' must be a string")
     return name, StateRef(
         name=name,
         engine=f.get_str("engine"),
         host_arch=f.get_str("host_arch"),
         host_os=f.get_str("host_os"),
         sections=tuple(sections),
+        recorded=recorded,
     )
 
 

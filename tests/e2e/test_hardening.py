@@ -8,9 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e_helpers import make_busybox_rootfs, smolpack
+from e2e_helpers import make_busybox_rootfs, rewrite_pack, smolpack
+
+from smolpack.host import find_qemu, qemu_version
 
 pytestmark = pytest.mark.vm
 
@@ -72,3 +75,80 @@ def test_runs_with_no_qemu_img_on_path(
     env = {**e2e_env, "PATH": str(bin_dir)}
     res = smolpack("run", str(test_pack), "--", "echo no-qemu-img", env=env)
     assert (res.returncode, res.stdout, res.stderr) == (0, b"no-qemu-img\n", b"")
+
+
+# -- a restore that cannot work becomes a cold boot ---------------------------------------
+
+QEMU_STATE = "qemu-x86_64"
+STREAM = f"{QEMU_STATE}/migration"
+
+
+def run_clean(pack: Path, env: dict[str, str], tmp: Path, script: str):  # type: ignore[no-untyped-def]
+    """`smolpack run` with its run dirs in `tmp`, which must be empty afterwards."""
+    run_env = {**env, "TMPDIR": str(tmp)}
+    run_env.pop("XDG_RUNTIME_DIR", None)
+    tmp.mkdir()
+    res = smolpack("run", str(pack), "--", script, env=run_env)
+    assert os.listdir(tmp) == [], "a run left files behind"
+    return res
+
+
+def test_state_recorded_by_another_qemu_version_boots_cold(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    def older_qemu(obj: dict[str, Any]) -> None:
+        obj["states"][0]["recorded"]["qemu_version"] = "6.0.0"
+
+    pack = rewrite_pack(test_pack, tmp_path / "old.smolmachine", manifest=older_qemu)
+    # /root/init-was-here exists in the saved state's disk too: the cold boot runs the same
+    # pack (its disk is the build's flattened one), just without the warm memory.
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "cat /root/init-was-here; exit 3")
+    here = qemu_version(find_qemu("x86_64"))
+    assert (res.returncode, res.stdout) == (3, b"warmed-up\n")
+    assert res.stderr.decode() == (
+        f"smolpack: not restoring {QEMU_STATE} (it was saved by QEMU 6.0.0,"
+        f" this host has {here}); booting cold\n"
+    )
+
+
+def test_a_migration_stream_qemu_refuses_boots_cold(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    def damage(data: bytearray) -> None:
+        data[:8] = b"NOTQEVM!"  # resealed: the digests match, QEMU refuses the stream
+
+    pack = rewrite_pack(test_pack, tmp_path / "bad.smolmachine", section=(STREAM, damage))
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "echo still-runs")
+    assert (res.returncode, res.stdout) == (0, b"still-runs\n")
+    assert res.stderr.decode() == (
+        f"smolpack: not restoring {QEMU_STATE} (restoring it failed: QEMU failed to start:"
+        " qemu-system-x86_64: load of migration failed: Invalid argument); booting cold\n"
+    )
+
+
+def test_a_damaged_state_section_boots_cold_but_a_damaged_disk_is_refused(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    from smolpack.payload import open_payload
+
+    pack = tmp_path / "flipped.smolmachine"
+    shutil.copy(test_pack, pack)
+    with open_payload(pack) as p:
+        state_at, _ = p.section_file_range(STREAM)
+        disk_at, _ = p.section_file_range("disk")
+    with open(pack, "r+b") as f:  # one flipped byte, digests left as they were
+        f.seek(state_at + 4096)
+        byte = f.read(1)
+        f.seek(state_at + 4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "echo cold-but-fine")
+    assert (res.returncode, res.stdout) == (0, b"cold-but-fine\n")
+    err = res.stderr.decode()
+    assert err.startswith(f"smolpack: not restoring {QEMU_STATE} ({pack}: section '{STREAM}'")
+    assert err.endswith("); booting cold\n") and err.count("\n") == 1
+    with open(pack, "r+b") as f:  # the disk is what a cold boot runs: never spared
+        f.seek(disk_at + 1024)
+        f.write(b"\xff" * 16)
+    res = run_clean(pack, e2e_env, tmp_path / "tmp2", "echo nope")
+    assert (res.returncode, res.stdout) == (114, b"")
+    assert res.stderr.decode().startswith(f"Error: {pack}: section 'disk' digest mismatch")
