@@ -37,8 +37,9 @@ from smolpack.disk import build_ext4
 from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
+from smolpack.engine.qemu_state import qemu_facts
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
-from smolpack.host import host_arch, host_os, hypervisor_status
+from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -143,6 +144,8 @@ def build_payload(
                     host_arch=GUEST_ARCH,
                     host_os="linux",
                     sections=(f"{QEMU_STATE}/migration",),
+                    # A run's QEMU must match these to restore (engine/qemu_state.py).
+                    recorded=qemu_facts(find_qemu("x86_64")),  # GUEST_ARCH
                 )] if qemu else [])),
             )  # fmt: skip
             with PayloadWriter(out) as writer:

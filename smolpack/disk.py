@@ -14,7 +14,8 @@ Choices, and why:
 - Reproducible: the UUID and directory hash seed derive from a digest of the
   tree listing; E2FSPROGS_FAKE_TIME pins superblock times; mke2fs copies each
   file's ctime/atime from the host (unsettable there), so a debugfs pass sets
-  them to the same epoch. Epoch = SOURCE_DATE_EPOCH, else 0.
+  them to the same epoch. Epoch = SOURCE_DATE_EPOCH, else 1 (e2fsprogs
+  treats E2FSPROGS_FAKE_TIME=0 as unset).
 """
 
 from __future__ import annotations

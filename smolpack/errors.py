@@ -94,6 +94,10 @@ class IndexDigestMismatch(PayloadError):
 class SectionDigestMismatch(PayloadError):
     exit_code = 114
 
+    def __init__(self, message: str, *, section: str = "") -> None:
+        super().__init__(message)
+        self.section = section  # the damaged section's name
+
 
 class BadLayout(PayloadError):
     exit_code = 115

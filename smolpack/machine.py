@@ -65,6 +65,12 @@ class MachineConfig:
                 raise BadLayout(f"{label}: field 'machine.{key}' must be a list of strings")
             return tuple(value)
 
+        env = strings("env")
+        for i, entry in enumerate(env):
+            # Checked here, where it is the pack's fault (exit 115), not later at RUN encoding
+            # (a usage error, 123, as if the user had typed it).
+            if "=" not in entry[1:] or "\0" in entry:
+                raise BadLayout(f"{label}: field 'machine.env[{i}]' is not KEY=VALUE")
         cpus, memory = field("cpus", int), field("memory_mib", int)
         if not 1 <= cpus <= 64 or not 64 <= memory <= 131072:
             raise BadLayout(f"{label}: field 'machine' has cpus={cpus} memory_mib={memory}")
@@ -74,7 +80,7 @@ class MachineConfig:
             net=field("net", bool),
             entrypoint=strings("entrypoint"),
             cmd=strings("cmd"),
-            env=strings("env"),
+            env=env,
             workdir=field("workdir", str),
             kernel_cmdline=field("kernel_cmdline", str),
             allow_hosts=strings("allow_hosts", []),

@@ -1,13 +1,14 @@
 """libkrun and libkrunfw carried inside a pack (formats/smolmachine.md, "Host libraries").
 
-Create side: `add_host_libs` stores the target host's two libraries as zstd sections, so a
-packed tool needs nothing installed to use the krun engine. Run side: `runtime_libs_for`
-materializes them into the content cache (keyed by digest, written once, atomically) and
-returns their paths; without such sections it falls back to `find_runtime_libs` (the
-libraries installed beside smolpack: `smolpack run app.smolmachine`).
+Create side: `build.build_payload` stores the target host's two libraries as zstd sections
+named by `section_names`, so a packed tool needs nothing installed to use the krun engine.
+Run side: `runtime_libs_for` materializes them into the content cache (keyed by digest,
+written once, atomically) and returns their paths; without such sections it falls back to
+`find_runtime_libs` (the libraries installed beside smolpack: `smolpack run app.smolmachine`).
 
 Materializing costs ~30 ms once per library version (zstd decode of ~9 MB); a run that picks
-QEMU never touches them. Stdlib only at top level: the launcher imports this module.
+QEMU only asks whether they are there (`has_host_libs`). Imports only stdlib-only smolpack
+modules: the launcher imports it (lazily, on the krun path).
 """
 
 from __future__ import annotations

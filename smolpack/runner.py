@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_section
 from smolpack.engine import Vm
-from smolpack.engine.console import explain_agent_failure
+from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
@@ -67,43 +67,42 @@ def _run_payload(
     timings = {"open": time.monotonic() - t0}
     try:
         # Every section is hashed once per file version before anything trusts it.
-        if ensure_verified(payload):
+        verified = ensure_verified(payload)
+        if verified.hashed:
             timings["verify"] = time.monotonic() - t0
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
-        plan = plan_run(
-            manifest,
-            host_facts(payload),
-            requested=options.engine,
-            cold=options.cold,
-            flag=options.engine_flag,
-        )
+        facts = host_facts(payload)
+
+        def planned(*, cold: bool) -> EnginePlan:
+            return plan_run(
+                manifest, facts, requested=options.engine, cold=cold, flag=options.engine_flag
+            )
+
+        plan = planned(cold=options.cold)
+        if plan.state is not None and plan.state.name in verified.damaged_states:
+            _cold_note(plan, verified.damaged_states[plan.state.name])
+            plan = planned(cold=True)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
         with private_run_dir(keep=options.debug) as run_dir:
+            plan, vm, session = _start(plan, lambda: planned(cold=True), payload, machine,
+                                       run_dir, debug=options.debug)  # fmt: skip
             try:
-                code = _start_and_run(
-                    plan, payload, machine, run_dir, args, interrupts, options, timings, t0
-                )
-            except _RestoreFailed as failed:
-                # A saved state that cannot come back here (another CPU, another QEMU, a
-                # damaged stream) still leaves a usable pack: boot it cold, say so once.
-                assert plan.state is not None
-                print(
-                    f"smolpack: could not restore {plan.state.name} ({failed.why});"
-                    " booting cold instead",
-                    file=sys.stderr,
-                )
-                plan = plan_run(
-                    manifest, host_facts(payload), requested=plan.engine, cold=True,
-                    flag=options.engine_flag,
-                )  # fmt: skip
-                cold_dir = run_dir / "cold"
-                cold_dir.mkdir(mode=0o700)
-                code = _start_and_run(
-                    plan, payload, machine, cold_dir, args, interrupts, options, timings, t0
-                )
+                timings["agent"] = time.monotonic() - t0
+                try:
+                    with session:
+                        code = _run(session, machine, args, interrupts)
+                except AgentError as err:
+                    raise explain_agent_failure(vm, err) from err
+                timings["exit"] = time.monotonic() - t0
+            except BaseException:
+                if options.debug:
+                    _show_console(vm)
+                raise
+            finally:
+                vm.close()
         if options.debug:
             steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
             how = "restore" if plan.restores else "cold boot"
@@ -113,61 +112,70 @@ def _run_payload(
         payload.close()
 
 
-class _RestoreFailed(Exception):
-    """The saved state did not come back (before the program started): boot cold."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
-def _start_and_run(
+def _start(
     plan: EnginePlan,
+    cold_plan: Callable[[], EnginePlan],
     payload: Payload,
     machine: MachineConfig,
     run_dir: Path,
-    args: list[str],
-    interrupts: _Interrupts,
-    options: RunOptions,
-    timings: dict[str, float],
-    t0: float,
-) -> int:
-    """Start the VM of `plan`, greet its agent, run the program; the VM is always stopped.
+    *,
+    debug: bool,
+) -> tuple[EnginePlan, Vm, AgentSession]:
+    """Start the VM `plan` says and greet its agent; a restore that cannot work here (another
+    QEMU, a stream it refuses, an agent that never answers) becomes a cold boot of the same
+    pack, with one line on stderr. Nothing of the program has run at that point: RUN is
+    only sent once the agent has answered."""
+    if plan.state is None:
+        return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+    why = _restore_blocker(plan, payload)
+    if why is None:
+        try:
+            return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+        except (EngineError, AgentError) as err:  # VmStopped is an EngineError
+            why = f"restoring it failed: {err}"
+    _cold_note(plan, why)
+    cold = cold_plan()
+    cold_dir = run_dir / "cold"  # the failed attempt's files stay apart (and go with run_dir)
+    cold_dir.mkdir(mode=0o700)
+    return (cold, *_start_greeted(cold, payload, machine, cold_dir, debug=debug))
 
-    Raises _RestoreFailed when a restore fails before the program started (the VM would
-    not start, died, or its agent never answered), which a cold boot may still survive.
-    """
-    vm: Vm | None = None
+
+def _cold_note(plan: EnginePlan, why: str) -> None:
+    assert plan.state is not None
+    print(f"smolpack: not restoring {plan.state.name} ({why}); booting cold", file=sys.stderr)
+
+
+def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
+    """Why plan's state cannot restore here, known before trying (None: try it)."""
+    if plan.state is not None and plan.engine == "krun":
+        from smolpack.engine.krun_run import krun_restore_blocker
+
+        return krun_restore_blocker(plan.state, payload)
+    if plan.engine != "qemu" or plan.state is None or plan.qemu is None:
+        return None
+    from smolpack.engine.qemu_state import restore_blocker
+
     try:
+        return restore_blocker(plan.state, Path(plan.qemu))
+    except (HostError, OSError):
+        return None  # QEMU cannot say its version: let the restore try (and maybe fail)
+
+
+def _start_greeted(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, *, debug: bool
+) -> tuple[Vm, AgentSession]:
+    vm = _start_vm(plan, payload, machine, run_dir)
+    try:
+        wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
         try:
-            vm = _start_vm(plan, payload, machine, run_dir)
-            timings["vm"] = time.monotonic() - t0
-            wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
-            try:
-                session = handshake(vm.agent, wait)
-            except AgentError as err:
-                raise explain_agent_failure(vm, err) from err
-            timings["agent"] = time.monotonic() - t0
-        except (EngineError, AgentError) as err:
-            if not plan.restores or isinstance(err, HostError):
-                raise
-            if options.debug and vm is not None:
-                _show_console(vm)
-            raise _RestoreFailed(str(err)) from err
-        try:
-            with session:
-                code = _run(session, machine, args, interrupts)
+            return vm, handshake(vm.agent, wait)
         except AgentError as err:
             raise explain_agent_failure(vm, err) from err
-        timings["exit"] = time.monotonic() - t0
-        return code
-    except BaseException as err:
-        if options.debug and vm is not None and not isinstance(err, _RestoreFailed):
+    except BaseException:
+        if debug:
             _show_console(vm)
+        vm.close()
         raise
-    finally:
-        if vm is not None:
-            vm.close()
 
 
 def host_facts(payload: Payload) -> HostFacts:
@@ -225,6 +233,7 @@ def _start_qemu(
     # A fresh overlay per run: the shipped base disk is never written.
     disk = RootDisk(
         path=Path(payload.path).resolve(),
+        fd=payload.fileno(),  # the file ensure_verified hashed, not whatever the path is now
         offset=disk_offset,
         size=disk_size,
         overlay=run_dir / "overlay.qcow2",
@@ -237,7 +246,7 @@ def _start_qemu(
         raise EngineError(f"QEMU state {plan.state.name} must be one section")
     offset, _size = payload.section_file_range(plan.state.sections[0])
     # QEMU reads the migration stream from this fd, from the section's start, in place.
-    fd = os.open(payload.path, os.O_RDONLY)
+    fd = _reopen_verified(payload)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
         vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
@@ -249,6 +258,25 @@ def _start_qemu(
         vm.close()
         raise
     return vm
+
+
+def _reopen_verified(payload: Payload) -> int:
+    """A new fd on the very file `payload` verified, with a file offset of its own.
+
+    Not a dup: QEMU reads the migration stream from the fd's offset, and its disk driver
+    seeks the (shared) offset of the fd it was given. Linux reopens the open file itself;
+    elsewhere the path is reopened and must still name the same file.
+    """
+    verified = os.fstat(payload.fileno())
+    try:
+        fd = os.open(f"/proc/self/fd/{payload.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(payload.path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (verified.st_dev, verified.st_ino):
+        os.close(fd)
+        raise EngineError(f"{payload.path} was replaced by another file while it started")
+    return fd
 
 
 def _run(
@@ -378,7 +406,5 @@ def _raw_terminal(tty: bool) -> Iterator[None]:
 
 
 def _show_console(vm: Vm) -> None:
-    with contextlib.suppress(OSError):
-        tail = vm.console_log.read_text(errors="replace").strip().splitlines()[-20:]
-        for line in tail:
-            print(f"console: {line}", file=sys.stderr)
+    for line in console_tail(vm.console_log, 20):
+        print(f"console: {line}", file=sys.stderr)

@@ -231,6 +231,10 @@ def test_malformed_bodies_raise_agent_error_naming_the_frame() -> None:
         p.Exit.decode(b"\0\0\0\0")
     with pytest.raises(AgentError, match=r"^malformed EXIT frame: how = 7$"):
         p.Exit.decode(struct.pack("<II", 7, 0))
+    # A status above 255 would become exit(256) == 0 on the host: a false success.
+    for how, value, text in [(0, 256, "exit status 256"), (1, 0, "signal 0"), (1, 65, "signal 65")]:
+        with pytest.raises(AgentError, match=rf"^malformed EXIT frame: {text}$"):
+            p.Exit.decode(struct.pack("<II", how, value))
     with pytest.raises(AgentError, match=r"^malformed HELLO_ACK frame: 1 extra bytes$"):
         p.HelloAck.decode(NONCE + b"\1\0\0\0" + b"\0\0\0\0" + b"x")
     with pytest.raises(AgentError, match="reserved flag bits 0x00000004"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,3 +126,27 @@ def test_a_running_vm_keeps_the_agent_error(tmp_path: Path) -> None:
         " smolpack-agent: started, looking for port smolpack.agent"
     )
     assert vm.waits[-1] == 0.0  # a timeout does not wait for a VM that is running
+
+
+def test_recorder_keeps_at_most_two_caps_and_the_newest_lines(tmp_path: Path) -> None:
+    from smolpack.engine.console_log import ConsoleRecorder, rotated
+
+    log = tmp_path / "console.log"
+    rec = ConsoleRecorder(log, cap=4096)
+    qemu_end = socket.socket(fileno=os.dup(rec.engine_fd()))  # what QEMU would hold
+    rec.started()
+    for i in range(2000):  # ~30 KB of console through a 4 KiB cap
+        qemu_end.sendall(b"line %05d of a chatty guest\n" % i)
+    qemu_end.close()  # QEMU exits
+    rec.drain()
+    assert log.stat().st_size <= 4096 and rotated(log).stat().st_size <= 4096
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["console.log", "console.log.1"]
+    assert console_tail(log, 2) == ["line 01998 of a chatty guest", "line 01999 of a chatty guest"]
+
+
+def test_tail_reads_only_the_end_of_a_huge_log(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    with open(log, "wb") as f:
+        f.seek(8 << 30)  # 8 GiB (sparse): read whole, this would not fit in memory
+        f.write(b"\nKernel panic - not syncing: at the very end\n")
+    assert panic_message(log) == "at the very end"

@@ -161,16 +161,33 @@ def test_doctor_text() -> None:
     res = doctor()
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
-        "host", "hypervisor", "qemu", "libkrun", "libkrunfw", "engine",
+    assert [line.split(":")[0] for line in lines[:7]] == [
+        "host", "hypervisor", "qemu", "libkrun", "libkrunfw", "engine", "tools",
     ]  # fmt: skip
+    tools = [line.split()[0] for line in lines[7:]]
+    assert tools == ["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "debugfs", "dumpe2fs",
+                     tools[-1]]  # fmt: skip
+    assert re.search(r"^  qemu-img +/\S+/qemu-img \(qemu-img version \d+\.\d+.*\) \[create\]$",
+                     res.stdout, re.M)  # fmt: skip
     assert re.search(r"^libkrunfw: .*libkrunfw\.so\.5 \(ABI 5, Linux \d+\.\d+", res.stdout, re.M)
     assert re.search(r"^qemu: +/\S+/qemu-system-x86_64 \(\d+\.\d+", res.stdout, re.M)
     if ON_PVM:
         assert (
-            lines[-1]
-            == f"engine:     qemu (tcg): hardware virtualization unavailable: {PVM_REASON}"
+            lines[5] == f"engine:     qemu (tcg): hardware virtualization unavailable: {PVM_REASON}"
         )
+
+
+def test_doctor_names_the_package_of_a_missing_tool(tmp_path: Path) -> None:
+    (tmp_path / "qemu-system-x86_64").symlink_to(find_qemu("x86_64"))
+    res = doctor("--json", PATH=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    tools = {t["name"]: t for t in json.loads(res.stdout)["tools"]}
+    assert tools["qemu-img"] == {
+        "name": "qemu-img", "used_by": "create", "package": "qemu-utils",
+        "path": None, "version": None,
+    }  # fmt: skip
+    assert tools["qemu-system-x86_64"]["version"].startswith("QEMU emulator version ")
+    assert tools["mkfs.ext4"]["version"].startswith("mke2fs 1.")  # found in /usr/sbin
 
 
 def test_doctor_json_with_libs_missing(tmp_path: Path) -> None:

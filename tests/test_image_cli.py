@@ -80,3 +80,16 @@ def test_image_help_has_an_example() -> None:
     res = run_cli("image", "disk", "--help")
     assert res.returncode == 0
     assert "smolpack image disk ./rootfs.tar.zst base.img" in res.stdout
+
+
+def test_unpack_skips_device_nodes_with_one_warning_line(tmp_path: Path) -> None:
+    src = tmp_path / "export.tar"  # what `docker export` writes: /dev nodes included
+    nodes = [E(f"dev/{n}", kind="chr") for n in ("null", "zero", "console")]
+    src.write_bytes(make_tar([E("dev", kind="dir"), *nodes, E("bin/sh", data=b"#!")]))
+    res = run_cli("image", "unpack", str(src), str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == (
+        f"warning: {src}: skipped 3 device nodes, FIFOs and sockets"
+        " (the guest mounts its own /dev)\n"
+        f"unpacked rootfs tarball {src} into {tmp_path / 'out'}\n"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def check_rootfs(dest: Path) -> None:
     assert stat.S_IMODE((dest / "tmp").lstat().st_mode) == 0o1777
     assert (dest / "etc/passwd").read_bytes() == b"root:x:0:0\n"
     assert os.readlink(dest / "etc/mtab") == "/proc/self/mounts"
-    assert stat.S_ISFIFO((dest / "run/fifo").lstat().st_mode)
+    assert not os.path.lexists(dest / "run/fifo")  # skipped, like device nodes
     assert stat.S_IMODE((dest / "ro").lstat().st_mode) == 0o555
     assert (dest / "ro").lstat().st_mtime_ns == MTIME * 1_000_000_000
     assert dest.lstat().st_mtime_ns == (MTIME - 5) * 1_000_000_000
@@ -138,25 +139,48 @@ def test_file_replacing_a_symlink_does_not_write_through_it(tmp_path: Path) -> N
     assert (tmp_path / "out/f").read_bytes() == b"new"
 
 
-@pytest.mark.parametrize(("kind", "word"), [("chr", "character"), ("blk", "block")])
-def test_device_node_is_refused(tmp_path: Path, kind: str, word: str) -> None:
-    msg = bad(tmp_path, [E("dev", kind="dir"), E("dev/null", kind=kind)])
-    assert msg == (
-        f"IMG: member 'dev/null': {word} device node refused (images may not carry device nodes)"
-    )
+SPECIAL_WARNING = "skipped {n} device nodes, FIFOs and sockets (the guest mounts its own /dev)"
+
+
+def test_device_nodes_and_fifos_in_a_tar_are_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "t.tar"
+    entries = [E("dev", kind="dir"), E("dev/null", kind="chr"), E("dev/sda", kind="blk")]
+    src.write_bytes(make_tar([*entries, E("run/initctl", kind="fifo"), E("etc/hosts")]))
+    prepare_rootfs(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out/dev")) == []
+    assert not os.path.lexists(tmp_path / "out/run/initctl")
+    assert (tmp_path / "out/etc/hosts").exists()
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"{src}: " + SPECIAL_WARNING.format(n=3)
+    ]
+
+
+def test_special_member_with_dotdot_is_still_refused(tmp_path: Path) -> None:
+    msg = bad(tmp_path, [E("../dev/null", kind="chr")])
+    assert msg == "IMG: member '../dev/null': path escapes the root ('..' component)"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
-def test_device_node_in_rootfs_directory_is_refused(tmp_path: Path) -> None:
+def test_special_files_in_rootfs_directory_are_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     src = tmp_path / "src"
     (src / "dev").mkdir(parents=True)
+    (src / "run").mkdir()
     os.mknod(src / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    with pytest.raises(ImageError) as exc:
-        prepare_rootfs(src, tmp_path / "out")
-    assert str(exc.value) == (
-        f"{src}: entry 'dev/null': character device node refused"
-        " (images may not carry device nodes)"
-    )
+    os.mknod(src / "dev/loop0", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.mkfifo(src / "run/initctl")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "run/sock"))
+    (src / "run/keep").write_text("x")
+    prepare_rootfs(src, tmp_path / "out")
+    assert os.listdir(tmp_path / "out/dev") == []
+    assert os.listdir(tmp_path / "out/run") == ["keep"]
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"{src}: " + SPECIAL_WARNING.format(n=4)
+    ]
 
 
 def test_corrupt_gzip_is_refused(tmp_path: Path) -> None:
@@ -224,7 +248,7 @@ def test_non_empty_destination_is_refused(tmp_path: Path) -> None:
 
 def test_failure_empties_an_existing_empty_destination(tmp_path: Path) -> None:
     src = tmp_path / "r.tar"
-    src.write_bytes(make_tar([E("ok", data=b"1"), E("dev/sda", kind="blk")]))
+    src.write_bytes(make_tar([E("ok", data=b"1"), E("../escape", data=b"2")]))
     (tmp_path / "out").mkdir()
     with pytest.raises(ImageError):
         prepare_rootfs(src, tmp_path / "out")

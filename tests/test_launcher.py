@@ -194,3 +194,12 @@ def test_flipped_byte_in_a_section_refuses_to_run(pack: Path, tmp_path: Path) ->
     assert res.returncode == 114
     assert res.stderr.startswith(f"Error: {pack}: section 'disk' ")
     assert res.stderr.count("\n") == 1
+
+
+def test_manifest_env_entry_without_equals_is_a_pack_error(tmp_path: Path) -> None:
+    # Was a usage error (123) raised while encoding RUN, as if the user had typed it.
+    bad = write_fake_pack(tmp_path / "bad.smolmachine", env=["PATH=/bin", "NOEQUALS"])
+    res = launch("x", pack=bad, SMOLPACK_CACHE_DIR=str(tmp_path / "cache"))
+    assert (res.returncode, res.stdout) == (115, "")
+    assert res.stderr == f"Error: {bad}: field 'machine.env[1]' is not KEY=VALUE\n"
+    assert not any(p.name.startswith("smolpack-run") for p in tmp_path.iterdir())

@@ -34,7 +34,15 @@ def test_unknown_keys_are_ignored() -> None:
         ({"states": {}}, "x: field 'states' must be a list (found {})"),
         ({"format_version": True}, "x: field 'format_version' must be an integer (found true)"),
         ({"states": [1]}, "x: 'states[0]' must be a JSON object"),
-        ({"states": [{"name": "a"}]}, "x: field 'states[0].sections' is missing"),
+        ({"states": [{"name": "a"}]}, "x: field 'states[0].engine' is missing"),
+        (
+            {
+                "states": [
+                    {"name": "a", "engine": "qemu", "host_arch": "x86_64", "host_os": "linux"}
+                ]
+            },
+            "x: field 'states[0].sections' is missing",
+        ),
     ],
 )
 def test_bad_shapes_name_the_field(change: dict[str, object], message: str) -> None:
@@ -52,6 +60,33 @@ def test_missing_field_and_repeated_state() -> None:
     obj = sample_manifest("s").to_dict()
     obj["states"] = obj["states"] * 2
     with pytest.raises(BadLayout, match=r"field 'states\[1\].name' repeats state 'qemu-x86_64'"):
+        Manifest.from_dict(obj)
+
+
+def test_recorded_facts_round_trip_and_must_be_strings() -> None:
+    obj = sample_manifest("s").to_dict()
+    assert "recorded" not in obj["states"][0]  # written only when set: old bytes unchanged
+    obj["states"][0]["recorded"] = {"qemu_version": "7.2.22", "cpu": "max"}
+    m = Manifest.from_dict(obj)
+    assert m.states[0].recorded == {"qemu_version": "7.2.22", "cpu": "max"}
+    assert Manifest.from_json(m.to_json()) == m
+    obj["states"][0]["recorded"] = {"qemu_version": 7}
+    with pytest.raises(BadLayout, match=r"field 'states\[0\].recorded.qemu_version' must be a str"):
+        Manifest.from_dict(obj)
+
+
+def test_states_for_unknown_engines_or_hosts_are_skipped() -> None:
+    known = sample_manifest("s")
+    obj = known.to_dict()
+    newer = {"engine": "firecracker", "host_arch": "x86_64", "host_os": "linux", "sections": 1}
+    obj["states"] = [
+        {**newer, "name": "fc"},
+        {**obj["states"][0], "name": "win", "host_os": "windows", "sections": ["absent"]},
+        *obj["states"],
+    ]
+    assert Manifest.from_dict(obj) == known
+    obj["states"].append({**newer, "name": "fc"})  # skipped or not, names stay unique
+    with pytest.raises(BadLayout, match=r"field 'states\[3\].name' repeats state 'fc'"):
         Manifest.from_dict(obj)
 
 

@@ -187,3 +187,27 @@ def test_full_documented_example(proj: Path) -> None:
     assert cfg.warnings[-1].endswith(
         "'[secrets]' is ignored by smolpack (packs carry no secret references)"
     )
+
+
+def test_relative_volume_found_only_in_the_current_directory_is_used_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # smolvm resolves volume host paths against the current directory: its
+    # examples/doom-web/doom.smolfile is checked from the repository root that way.
+    sub = tmp_path / "examples" / "doom"
+    sub.mkdir(parents=True)
+    (sub / "Smolfile").write_text('image = "alpine:3.20"\nvolumes = ["./assets:/assets:ro"]\n')
+    (tmp_path / "assets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_smolfile(sub)
+    assert cfg.volumes == (
+        Volume(host_path=tmp_path / "assets", guest_path="/assets", read_only=True),
+    )
+    assert cfg.warnings == (
+        f"{sub / 'Smolfile'}:2: warning: volumes entry './assets:/assets:ro': ./assets is not in"
+        f" the Smolfile's directory; using {tmp_path / 'assets'} from the current directory"
+        " (smolvm's rule)",
+    )
+    (sub / "assets").mkdir()  # the Smolfile's directory wins, silently
+    cfg = load_smolfile(sub)
+    assert cfg.volumes[0].host_path == sub / "assets" and cfg.warnings == ()

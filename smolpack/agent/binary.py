@@ -102,12 +102,16 @@ def agent_binary(
     # interrupted compiles never leave a half-written binary under the final name.
     fd, tmp_name = tempfile.mkstemp(prefix=".agent-", dir=out_dir)
     os.close(fd)
+    # The compiler's own temp files go to a directory we remove: with a `,` in TMPDIR,
+    # gcc 12's linker plugin leaves a `ccXXXXXX.res` behind in the user's temp dir.
+    scratch = tempfile.mkdtemp(prefix=".agent-tmp-", dir=out_dir)
     try:
         res = subprocess.run(
             [compiler, *CFLAGS, "-o", tmp_name, str(source)],
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, "TMPDIR": scratch},
         )
         if res.returncode != 0:
             first = next((ln for ln in res.stderr.splitlines() if ln.strip()), "no output")
@@ -120,4 +124,5 @@ def agent_binary(
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        shutil.rmtree(scratch, ignore_errors=True)
     return target

@@ -286,6 +286,11 @@ class Exit:
         r.end()
         if how > 1:
             raise AgentError(f"malformed EXIT frame: how = {how}")
+        # A wait status holds 8 bits and Linux signals are 1..64: anything else would reach
+        # the launcher's exit() and be cut to its low 8 bits (256 -> 0, a false success).
+        if (how == 0 and value > 255) or (how == 1 and not 1 <= value <= 64):
+            kind = "signal" if how else "exit status"
+            raise AgentError(f"malformed EXIT frame: {kind} {value}")
         return cls(signaled=how == 1, value=value)
 
 

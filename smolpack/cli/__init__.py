@@ -8,6 +8,7 @@ is a bug and prints a short report (the traceback only with SMOLPACK_DEBUG=1).
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import signal
@@ -90,7 +91,21 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signo, handler)
 
 
+def _show_warnings() -> None:
+    # Library modules log warnings (e.g. the image stage's skipped special files); without
+    # a handler Python would print them bare. One prefixed line each, on stderr.
+    log = logging.getLogger("smolpack")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        log.addHandler(handler)
+        # Not to the root logger too: PyInstaller (a stub build inside `create`) gives it
+        # a handler, and each warning would print twice.
+        log.propagate = False
+
+
 def _main(argv: list[str] | None) -> None:
+    _show_warnings()
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of exiting.
         rc = cli.main(args=argv, prog_name="smolpack", standalone_mode=False)

@@ -16,6 +16,7 @@ from smolpack import host
 from smolpack.errors import HostError
 from smolpack.kernel import extract_kernel
 from smolpack.runtime_libs import find_runtime_libs
+from smolpack.tools import ToolStatus, probe_all
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,9 +45,13 @@ class DoctorReport:
     engine: str | None
     accel: str | None
     engine_reason: str
+    # every external program smolpack runs: path and version, or None when missing
+    tools: tuple[ToolStatus, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["tools"] = [t.as_dict() for t in self.tools]
+        return out
 
 
 def collect_report() -> DoctorReport:
@@ -97,6 +102,7 @@ def collect_report() -> DoctorReport:
         engine=choice.engine,
         accel=choice.accel,
         engine_reason=choice.reason,
+        tools=tuple(probe_all(arch)),
     )
 
 
@@ -118,8 +124,13 @@ def format_report(r: DoctorReport) -> str:
         ("libkrun", krun),
         ("libkrunfw", fw),
         ("engine", r.engine_reason),
+        ("tools", "the programs smolpack runs, and for what"),
     ]
-    return "\n".join(f"{k + ':':<12}{v}" for k, v in rows)
+    lines = [f"{k + ':':<12}{v}" for k, v in rows]
+    for t in r.tools:
+        found = f"{t.path} ({t.version})" if t.path else f"missing (package {t.tool.package})"
+        lines.append(f"  {t.tool.name:<20}{found} [{t.tool.used_by}]")
+    return "\n".join(lines)
 
 
 @click.command("doctor")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smolpack.engine.console_log import read_tail
 from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, SmolpackError, VmStopped
 
 if TYPE_CHECKING:
@@ -27,11 +28,10 @@ def _clip(line: str) -> str:
 
 
 def console_tail(log: Path, lines: int = 15) -> list[str]:
-    """The last `lines` non-blank lines of a console log ([] if empty or unreadable)."""
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return []
+    """The last `lines` non-blank lines of a console log ([] if empty or unreadable).
+
+    Reads only the log's last `TAIL_BYTES` (console_log.read_tail), whatever its size."""
+    text = read_tail(log).decode(errors="replace")
     return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
 
 

@@ -35,10 +35,9 @@ from smolpack.engine.krun_state import (
     unpack_memory,
 )
 from smolpack.engine.select import EnginePlan
-from smolpack.errors import EngineError
 from smolpack.host import cpu_id
 from smolpack.machine import MachineConfig
-from smolpack.payload import Payload
+from smolpack.payload import Payload, StateRef
 from smolpack.runtime_libs import RuntimeLibs
 
 
@@ -52,10 +51,6 @@ def start_krun_vm(
     snapshot_dir = memory = None
     if plan.state is not None:
         layout = StateSections.from_ref(plan.state)
-        saved = decode_cpu(payload.read_section(layout.cpu), str(payload.path))
-        blocker = restore_blocker(saved, cpu_id())
-        if blocker is not None:
-            raise EngineError(blocker)  # the runner boots cold and says why
         disk_section = layout.disk
         snapshot_dir, memory = _state_files(payload, layout, run_dir)
     spec = machine_spec(
@@ -67,6 +62,13 @@ def start_krun_vm(
         memory_file=memory,
     )
     return KrunVm(libs, spec, flag=plan.flag)
+
+
+def krun_restore_blocker(state: StateRef, payload: Payload) -> str | None:
+    """Why `state` cannot restore on this CPU (the runner then boots cold), or None."""
+    layout = StateSections.from_ref(state)
+    saved = decode_cpu(payload.read_section(layout.cpu), str(payload.path))
+    return restore_blocker(saved, cpu_id())
 
 
 def machine_spec(

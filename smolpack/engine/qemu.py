@@ -1,8 +1,10 @@
 """The QEMU engine: boot, save and restore a microVM (run stage; design.md §3).
 
-One `QemuVm` is one QEMU process. Its monitor (QMP) and the agent's
-virtio-serial port are socketpairs handed to QEMU as file descriptors, so a run
-leaves no socket files behind; the console goes to a log file in the run dir.
+One `QemuVm` is one QEMU process. Its monitor (QMP), the agent's virtio-serial port and the
+console are socketpairs handed to QEMU as file descriptors, so a run leaves no socket files
+behind; the console is copied into a bounded log in the run dir (`console_log`). A pack's
+disk is handed over as the very fd the launcher verified (`RootDisk.fd`, `-add-fd`), and
+every path QEMU still parses has its `,` doubled (QEMU's option separator).
 QEMU is killed on every exit path (`close()`, and PR_SET_PDEATHSIG if the
 launcher itself dies), so no orphan survives Ctrl-C or a crash.
 
@@ -22,9 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolpack.engine.console import panic_message
+from smolpack.engine.console_log import ConsoleRecorder, read_tail
+from smolpack.engine.qcow2 import write_empty_qcow2
 from smolpack.engine.qmp import QmpClient
 from smolpack.errors import EngineError
 
+# pic=on is what gives the guest a timer interrupt. Without a legacy PIC (and with no ACPI
+# tables) Linux cannot wire the PIT to IRQ0 ("Failed to register legacy timer interrupt"),
+# and the APIC timer then fails its check against jiffies that never advance ("APIC timer
+# disabled due to verification failure"). The guest ran with no tick at all: `sleep` never
+# returned, and whenever the PIT-based TSC calibration failed (a busy host descheduling the
+# TCG vCPU thread: "tsc: Unable to calibrate against PIT") the boot hung for good in
+# calibrate_delay().
+MACHINE = "microvm,acpi=off,pic=on,pit=on,rtc=off,isa-serial=off"
+# "max" under TCG is whatever this QEMU version emulates: recorded with each saved state.
+CPU_MODEL = "max"
 AGENT_PORT_NAME = "smolpack.agent"
 AGENT_GUEST_PATH = "/smolpack/agent"
 # panic=-1 makes a panicking guest reboot at once, and -no-reboot turns that
@@ -52,6 +66,16 @@ class RootDisk:
     offset: int = 0  # where the image starts in that file
     size: int  # image size in bytes
     overlay: Path  # writable qcow2 over it (see `create_overlay`); all writes go there
+    fd: int | None = None  # an fd open read-only on `path`: QEMU reads it, not the path
+
+
+# QEMU fd set that carries `RootDisk.fd` (-add-fd / /dev/fdset/N); any small number works.
+_DISK_FDSET = 1
+
+
+def _opt(value: object) -> str:
+    """A value inside a QEMU `key=value,...` option: `,` is written `,,`."""
+    return str(value).replace(",", ",,")
 
 
 def qemu_argv(
@@ -62,7 +86,7 @@ def qemu_argv(
     accel: str,
     qmp_fd: int,
     agent_fd: int,
-    console_log: Path,
+    console_fd: int,
     incoming_fd: int | None,
 ) -> list[str]:
     """The QEMU command line for one VM (the single definition of the device model)."""
@@ -71,30 +95,26 @@ def qemu_argv(
     # The base is read in place (offset/size: a section inside the pack), never written;
     # every write lands in the qcow2 overlay above it. The backing link is given here, not
     # taken from the overlay's header, so a run overlay needs no path to the pack in it.
-    base_file = f"driver=file,node-name=base-file,filename={disk.path},read-only=on"
+    # Given an fd (a run: the pack the launcher verified), QEMU dup()s it from an fd set
+    # instead of opening the path again, which may by now name another file.
+    base_name = f"/dev/fdset/{_DISK_FDSET}" if disk.fd is not None else _opt(disk.path)
+    base_file = f"driver=file,node-name=base-file,filename={base_name},read-only=on"
     base = (
         f"driver=raw,node-name=base,file=base-file,offset={disk.offset},size={disk.size},"
         "read-only=on"
     )
     top = (
-        f"driver=qcow2,node-name=root,file.driver=file,file.filename={disk.overlay},"
+        f"driver=qcow2,node-name=root,file.driver=file,file.filename={_opt(disk.overlay)},"
         "backing=base,cache.no-flush=on"
     )
     argv = [
         binary,
         "-M",
-        # pic=on is what gives the guest a timer interrupt. Without a legacy PIC (and with
-        # no ACPI tables) Linux cannot wire the PIT to IRQ0 ("Failed to register legacy
-        # timer interrupt"), and the APIC timer then fails its check against jiffies that
-        # never advance ("APIC timer disabled due to verification failure"). The guest ran
-        # with no tick at all: `sleep` never returned, and whenever the PIT-based TSC
-        # calibration failed (a busy host descheduling the TCG vCPU thread: "tsc: Unable
-        # to calibrate against PIT") the boot hung for good in calibrate_delay().
-        "microvm,acpi=off,pic=on,pit=on,rtc=off,isa-serial=off",
+        MACHINE,
         "-accel",
         accel,
         "-cpu",
-        "max",
+        CPU_MODEL,
         "-smp",
         str(machine.cpus),
         "-m",
@@ -114,7 +134,7 @@ def qemu_argv(
         "-device",
         "virtio-serial-device",
         "-chardev",
-        f"file,id=con,path={console_log}",
+        f"socket,id=con,fd={console_fd}",
         "-device",
         "virtconsole,chardev=con",
         "-chardev",
@@ -130,6 +150,8 @@ def qemu_argv(
         "-device",
         "virtio-blk-device,drive=root",
     ]
+    if disk.fd is not None:
+        argv += ["-add-fd", f"fd={disk.fd},set={_DISK_FDSET}"]
     if machine.net:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
     if incoming_fd is not None:
@@ -138,14 +160,14 @@ def qemu_argv(
 
 
 def create_overlay(path: Path, disk: RootDisk) -> None:
-    """Create an empty qcow2 overlay for `disk` (its backing is linked in `qemu_argv`)."""
-    res = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(disk.size)],
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        raise EngineError(f"cannot create the disk overlay: {res.stderr.strip()}")
+    """Create an empty qcow2 overlay for `disk` (its backing is linked in `qemu_argv`).
+
+    Written directly (smolpack.engine.qcow2): a run needs no qemu-img (Debian's QEMU package
+    only recommends qemu-utils), and saves its process start."""
+    try:
+        write_empty_qcow2(path, disk.size)
+    except (OSError, ValueError) as err:
+        raise EngineError(f"cannot create the disk overlay {path}: {err}") from None
 
 
 def _die_with_parent() -> None:
@@ -174,6 +196,7 @@ class QemuVm:
     ) -> None:
         self.machine = machine
         self.console_log = run_dir / "console.log"
+        self._console = ConsoleRecorder(self.console_log)
         qmp_ours, qmp_theirs = socket.socketpair()
         agent_ours, agent_theirs = socket.socketpair()
         self.agent = agent_ours
@@ -185,12 +208,11 @@ class QemuVm:
             accel=accel,
             qmp_fd=qmp_theirs.fileno(),
             agent_fd=agent_theirs.fileno(),
-            console_log=self.console_log,
+            console_fd=self._console.engine_fd(),
             incoming_fd=incoming_fd,
         )
-        pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno()]
-        if incoming_fd is not None:
-            pass_fds.append(incoming_fd)
+        pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno(), self._console.engine_fd()]
+        pass_fds += [fd for fd in (incoming_fd, disk.fd) if fd is not None]
         self._stderr_path = run_dir / "qemu.stderr"
         try:
             with open(self._stderr_path, "wb") as err:
@@ -207,9 +229,10 @@ class QemuVm:
         finally:
             qmp_theirs.close()
             agent_theirs.close()
+            self._console.started()
         try:
             self.qmp = QmpClient(qmp_ours, timeout_s=30.0)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:  # OSError: QEMU exited before its greeting
             self.close()
             raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
         except BaseException:  # Ctrl-C while QEMU starts: it must not outlive us
@@ -218,10 +241,8 @@ class QemuVm:
 
     def failure_detail(self) -> str:
         """The last line QEMU printed, to explain a failure in one line."""
-        try:
-            lines = self._stderr_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
+        text = read_tail(self._stderr_path, 4096).decode(errors="replace")
+        lines = text.strip().splitlines()
         return lines[-1] if lines else ""
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:
@@ -232,6 +253,7 @@ class QemuVm:
             code = None
         if code is None:
             return None
+        self._console.drain()  # what the console got out before QEMU exited
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -301,6 +323,7 @@ class QemuVm:
             pass
         self.agent.close()
         self._qmp_sock.close()
+        self._console.drain(1.0)
 
     def __enter__(self) -> QemuVm:
         return self

@@ -29,7 +29,12 @@ from smolpack.image._oci import (
     plan_docker_archive,
     plan_oci,
 )
-from smolpack.image._tar_extract import extract_tar, open_decompressed, sniff_compression
+from smolpack.image._tar_extract import (
+    StrictTarInfo,
+    extract_tar,
+    open_decompressed,
+    sniff_compression,
+)
 from smolpack.image._tree_writer import EntryMeta, EntryProblem, TreeWriter
 
 log = logging.getLogger("smolpack.image")
@@ -69,15 +74,15 @@ def _top_names(path: Path) -> set[str]:
         if sniff_compression(raw.read(512)) == "tar":
             raw.seek(0)
             try:
-                with tarfile.open(fileobj=raw, mode="r:") as tf:
+                with tarfile.open(fileobj=raw, mode="r:", tarinfo=StrictTarInfo) as tf:
                     members = tf.getmembers()
-            except tarfile.TarError:
+            except (tarfile.TarError, OSError):  # OSError: a forged size seeks past 2**63
                 return names  # extraction reports the damage with its own message
             return {m.name.strip("/").removeprefix("./") for m in members if m.isreg()}
         raw.seek(0)
         try:
             stream = open_decompressed(raw, str(path))
-            with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=StrictTarInfo) as tf:  # type: ignore[call-overload]
                 for m in tf:
                     name = m.name.strip("/").removeprefix("./")
                     if m.isreg() and "/" not in name:
@@ -129,6 +134,12 @@ def prepare_rootfs(image_path: Path, dest_dir: Path, *, arch: str = "x86_64") ->
         log.warning("not running as root: file owners from %s are not kept", image_path)
     if writer.xattr_failures:
         log.warning("%d extended attributes could not be set", writer.xattr_failures)
+    if writer.skipped_special:
+        log.warning(
+            "%s: skipped %d device nodes, FIFOs and sockets (the guest mounts its own /dev)",
+            image_path,
+            writer.skipped_special,
+        )
     return defaults
 
 
@@ -157,12 +168,16 @@ def _fill(kind: ImageKind, path: Path, writer: TreeWriter, want: str) -> ImageDe
     with tempfile.TemporaryDirectory(prefix="smolpack-image-") as tmp:
         tar_path = _plain_copy(path, Path(tmp))
         try:
-            tf = tarfile.open(tar_path, mode="r:")
+            tf = tarfile.open(tar_path, mode="r:", tarinfo=StrictTarInfo)
         except tarfile.TarError as err:
             raise ImageError(f"{label}: corrupt tar ({err})") from None
         with tf:
+            try:
+                source = TarSource(tf, label)  # reads every header (StrictTarInfo checks)
+            except (tarfile.TarError, OSError) as err:  # OSError: a seek past 2**63
+                raise ImageError(f"{label}: corrupt tar ({err})") from None
             planner = plan_docker_archive if kind is ImageKind.DOCKER_ARCHIVE else plan_oci
-            return _run_plan(TarSource(tf, label), planner, writer, want)
+            return _run_plan(source, planner, writer, want)
 
 
 def _plain_copy(path: Path, tmp: Path) -> Path:
@@ -208,7 +223,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 
 
 def _copy_dir(src: Path, writer: TreeWriter, label: str) -> None:
-    """Copy a rootfs directory with the same rules as a tarball (no devices, links kept)."""
+    """Copy a rootfs directory with the same rules as a tarball (no special files, links kept)."""
     links: dict[tuple[int, int], tuple[str, ...]] = {}
     writer.add_dir((), _stat_meta(os.lstat(src)))
     stack: list[tuple[str, ...]] = [()]
@@ -237,11 +252,11 @@ def _copy_entry(
         writer.add_dir(parts, _stat_meta(st))
         stack.append(parts)
         return
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "character" if stat.S_ISCHR(mode) else "block"
-        raise EntryProblem(f"{kind} device node refused (images may not carry device nodes)")
-    if stat.S_ISSOCK(mode):
-        return  # a socket is a live endpoint of some process; meaningless in an image
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        # Same rule as a tarball: /dev comes from the guest's devtmpfs, a socket is a live
+        # endpoint of some host process, a FIFO is rarely more than a leftover.
+        writer.skipped_special += 1
+        return
     if st.st_nlink > 1:
         first = links.setdefault((st.st_dev, st.st_ino), parts)
         if first != parts:
@@ -249,7 +264,5 @@ def _copy_entry(
             return
     if stat.S_ISLNK(mode):
         writer.add_symlink(parts, _stat_meta(st), os.readlink(entry.path))
-    elif stat.S_ISFIFO(mode):
-        writer.add_fifo(parts, _stat_meta(st))
     else:
         writer.add_file(parts, _stat_meta(st), _file_chunks(entry.path))

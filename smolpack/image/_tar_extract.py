@@ -40,21 +40,72 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class _Corrupt(Exception):
-    """The compressed or tar stream is damaged; the text says how."""
+class _Corrupt(tarfile.TarError):
+    """The compressed or tar stream is damaged; the text says how. A `TarError`, so
+    readers of whole image archives (docker/OCI, `_resolve`) report it as one too."""
 
 
-class _StrictTarInfo(tarfile.TarInfo):
-    """`tarfile` ends the archive quietly at a short or bad header; we refuse."""
+# Header values the tree (and ext4) can hold; anything else is a hostile or broken header.
+_ID_MAX = 2**32 - 2  # uid/gid; 2**32 - 1 is chown's "leave unchanged"
+_MTIME_MIN = -(2**31)  # ext4 timestamps: 1901-12-13 ...
+_MTIME_MAX = 2**34 - 2**31  # ... to 2446-05-10
+_SIZE_MAX = 2**48  # 256 TiB: beyond any image, and tarfile's seeks stay below 2**63
+# CPython's header parser turns some malformed fields into these instead of tarfile errors
+# (e.g. a pax `path` with a NUL byte, a base-256 number it cannot convert).
+_PARSE_ERRORS = (ValueError, OverflowError, UnicodeError, TypeError, IndexError, KeyError)
+# A pax or GNU long-name header's data is read into memory whole by `tarfile`: a forged
+# size (GNU base-256 allows 2**95) would allocate that much. Real ones hold a few KiB
+# (names, xattrs); 1 MiB leaves room for big SELinux/ACL xattrs.
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_META_MAX = 1 << 20
+
+
+class StrictTarInfo(tarfile.TarInfo):
+    """`tarfile` ends the archive quietly at a short or bad header; we refuse. It also
+    accepts any number a pax or GNU base-256 field holds (mtime=1e30, nan, size=-5,
+    uid=2**40): every member is checked here, before tarfile or the tree uses it."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> StrictTarInfo:
         try:
-            return super().fromtarfile(tarfile_)
+            info = super().fromtarfile(tarfile_)
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
             raise _Corrupt("truncated tar (no end-of-archive marker)") from None
         except tarfile.InvalidHeaderError:  # type: ignore[attr-defined]
             raise _Corrupt("bad tar header checksum") from None
+        except _PARSE_ERRORS as err:
+            raise _Corrupt(f"corrupt tar header ({err})") from None
+        problem = _header_problem(info)
+        if problem:
+            raise _Corrupt(f"member {info.name[:200]!r}: bad tar header: {problem}")
+        return info
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        # Runs before tarfile reads a pax/GNU header's data (see _META_MAX).
+        if self.type in _META_TYPES and not 0 <= self.size <= _META_MAX:
+            raise _Corrupt(f"bad tar header: extended header of {self.size} bytes")
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+
+def _header_problem(m: tarfile.TarInfo) -> str | None:
+    """What is wrong with a parsed header's values, None when they are usable."""
+    for field in ("size", "uid", "gid", "mode"):
+        value = getattr(m, field)
+        if not isinstance(value, int):
+            return f"{field} {value!r} is not an integer"
+    if not 0 <= m.size <= _SIZE_MAX:
+        return f"size {m.size} out of range"
+    if not 0 <= m.uid <= _ID_MAX or not 0 <= m.gid <= _ID_MAX:
+        return f"owner {m.uid}:{m.gid} out of range (0..{_ID_MAX})"
+    if not 0 <= m.mode <= 0o7777777:
+        return f"mode {m.mode:o} out of range"
+    mtime = m.mtime
+    if not isinstance(mtime, int | float) or not _MTIME_MIN <= mtime < _MTIME_MAX:
+        # NaN fails both comparisons and lands here too.
+        return f"mtime {mtime!r} out of range"
+    if "\0" in m.name or "\0" in m.linkname:
+        return "name or link target holds a NUL byte"
+    return None
 
 
 class _Prefixed:
@@ -197,11 +248,10 @@ def _apply(writer: TreeWriter, tf: tarfile.TarFile, m: tarfile.TarInfo, *, layer
         writer.add_symlink(parts, _meta(m), m.linkname)
     elif m.islnk():
         writer.add_hardlink(parts, split_name(m.linkname))
-    elif m.isfifo():
-        writer.add_fifo(parts, _meta(m))
-    elif m.ischr() or m.isblk():
-        kind = "character" if m.ischr() else "block"
-        raise EntryProblem(f"{kind} device node refused (images may not carry device nodes)")
+    elif m.isfifo() or m.ischr() or m.isblk():
+        # `docker export` and debootstrap trees carry /dev nodes; the guest mounts its own
+        # devtmpfs on /dev, and a node from an image could reach a host-named device.
+        writer.skipped_special += 1
     else:
         raise EntryProblem(f"unsupported tar member type {m.type!r}")
 
@@ -217,7 +267,7 @@ def extract_tar(raw: Readable, writer: TreeWriter, *, label: str, layer: bool) -
     plain = HashingReader(open_decompressed(raw, label))
     member_name = ""
     try:
-        with tarfile.open(fileobj=plain, mode="r|", tarinfo=_StrictTarInfo) as tf:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=plain, mode="r|", tarinfo=StrictTarInfo) as tf:  # type: ignore[call-overload]
             for member in tf:
                 member_name = member.name
                 _apply(writer, tf, member, layer=layer)

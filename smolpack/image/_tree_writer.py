@@ -74,6 +74,8 @@ class TreeWriter:
         self.files = 0
         self.bytes = 0
         self.xattr_failures = 0
+        # Device nodes, FIFOs and sockets left out (formats/image-inputs.md): one warning.
+        self.skipped_special = 0
 
     def close(self) -> None:
         os.close(self._root_fd)
@@ -208,18 +210,6 @@ class TreeWriter:
             self._clear(pfd, parts, keep_dir=False)
             os.symlink(target, parts[-1], dir_fd=pfd)
             self._set_meta(parts[-1], pfd, meta, symlink=True)
-        finally:
-            os.close(pfd)
-        self._mark(parts)
-
-    def add_fifo(self, parts: tuple[str, ...], meta: EntryMeta) -> None:
-        if not parts:
-            raise EntryProblem("a FIFO cannot replace the root directory")
-        pfd = self._open_dir(parts[:-1], create=True)
-        try:
-            self._clear(pfd, parts, keep_dir=False)
-            os.mkfifo(parts[-1], 0o600, dir_fd=pfd)
-            self._set_meta(parts[-1], pfd, meta)
         finally:
             os.close(pfd)
         self._mark(parts)

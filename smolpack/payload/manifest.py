@@ -43,15 +43,21 @@ class StateRef:
     host_os: str
     # names of the payload sections holding it, in the engine's order
     sections: tuple[str, ...]
+    # what the engine recorded about the VM that saved it (QEMU: version, machine, CPU
+    # model); the engine compares it with the host's before restoring. Written only when set.
+    recorded: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "engine": self.engine,
             "host_arch": self.host_arch,
             "host_os": self.host_os,
             "sections": list(self.sections),
         }
+        if self.recorded:
+            out["recorded"] = dict(self.recorded)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,11 +110,14 @@ class Manifest:
                 f"(this smolpack reads {MANIFEST_FORMAT_VERSION})"
             )
         states_raw = top.get_list("states")
-        states = tuple(_state(item, label, f"states[{i}]") for i, item in enumerate(states_raw))
-        names = [s.name for s in states]
+        parsed = [_state(item, label, f"states[{i}]") for i, item in enumerate(states_raw)]
+        names = [name for name, _ in parsed]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise BadLayout(f"{label}: field 'states[{i}].name' repeats state '{name}'")
+        # A state for an engine or host this reader does not know (a newer smolpack's) is
+        # skipped, not refused: the pack still runs from the states it does know, or cold.
+        states = tuple(state for _, state in parsed if state is not None)
         return cls(
             format_version=version,
             smolpack_version=top.get_str("smolpack_version"),
@@ -119,18 +128,31 @@ class Manifest:
         )
 
 
-def _state(obj: object, label: str, where: str) -> StateRef:
+def _state(obj: object, label: str, where: str) -> tuple[str, StateRef | None]:
+    """(name, state); the state is None when it is for an engine or host we do not know."""
     f = _Fields(obj, label, where)
+    name = f.get_str("name")
+    if (
+        f.get_str("engine") not in ENGINES
+        or f.get_str("host_arch") not in ARCHES
+        or f.get_str("host_os") not in HOST_OSES
+    ):
+        return name, None  # its other fields are the newer writer's business
     sections = f.get_list("sections")
-    for i, name in enumerate(sections):
-        if not isinstance(name, str) or not name:
+    for i, section in enumerate(sections):
+        if not isinstance(section, str) or not section:
             raise BadLayout(f"{label}: field '{where}.sections[{i}]' must be a section name")
-    return StateRef(
-        name=f.get_str("name"),
-        engine=f.get_choice("engine", ENGINES),
-        host_arch=f.get_choice("host_arch", ARCHES),
-        host_os=f.get_choice("host_os", HOST_OSES),
+    recorded = f.get_dict("recorded") if "recorded" in f.obj else {}
+    for key, value in recorded.items():
+        if not isinstance(value, str):
+            raise BadLayout(f"{label}: field '{where}.recorded.{key}' must be a string")
+    return name, StateRef(
+        name=name,
+        engine=f.get_str("engine"),
+        host_arch=f.get_str("host_arch"),
+        host_os=f.get_str("host_os"),
         sections=tuple(sections),
+        recorded=recorded,
     )
 
 

@@ -285,9 +285,18 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
             workdir_path, f"{_name(workdir_path)} must be an absolute guest path (got '{workdir}')"
         )
 
-    volumes = tuple(
-        r.parsed(chosen["volumes"], _values.parse_volume, spec, r.base_dir) for spec in volume_specs
-    )
+    try:
+        cwd: Path | None = Path.cwd()
+    except OSError:  # the current directory was removed
+        cwd = None
+    volumes_and_warnings = [
+        r.parsed(chosen["volumes"], _values.parse_volume, spec, r.base_dir, cwd)
+        for spec in volume_specs
+    ]
+    for _, warning in volumes_and_warnings:
+        if warning is not None:
+            r.warn(chosen["volumes"], warning)
+    volumes = tuple(volume for volume, _ in volumes_and_warnings)
     ports = r.parsed(chosen["ports"], _values.parse_ports, port_specs)
 
     policy = NetworkPolicy(

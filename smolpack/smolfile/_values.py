@@ -167,8 +167,13 @@ def parse_ports(specs: list[str]) -> tuple[PortMapping, ...]:
     return tuple(mappings)
 
 
-def parse_volume(spec: str, base_dir: Path) -> Volume:
-    """`host:guest[:ro|:rw]`; the host side must be an existing directory."""
+def parse_volume(spec: str, base_dir: Path, cwd: Path | None = None) -> tuple[Volume, str | None]:
+    """`host:guest[:ro|:rw]`; the host side must be an existing directory.
+
+    A relative host path is looked up in the Smolfile's directory first; smolvm resolves it
+    against the current directory (its own examples are written that way), so when it is
+    only found there (`cwd`), that one is used and the second value is a warning saying so.
+    """
     parts = spec.split(":")
     if len(parts) == 3 and parts[2] in ("ro", "rw"):
         read_only = parts[2] == "ro"
@@ -181,12 +186,23 @@ def parse_volume(spec: str, base_dir: Path) -> Volume:
         raise ValueProblem(f"volumes entry '{spec}' has an empty host path", spec)
     if not guest.startswith("/"):
         raise ValueProblem(f"volumes entry '{spec}': guest path '{guest}' must be absolute", spec)
-    host, found = _resolve(host_text, base_dir, f"volumes entry '{spec}': host path", spec)
+    label = f"volumes entry '{spec}': host path"
+    host, found = _resolve(host_text, base_dir, label, spec)
+    warning = None
+    relative = not os.path.isabs(os.path.expanduser(host_text))
+    if found is None and relative and cwd is not None and cwd.resolve() != base_dir.resolve():
+        in_cwd, found_in_cwd = _resolve(host_text, cwd, label, spec)
+        if found_in_cwd is not None:
+            host, found = in_cwd, found_in_cwd
+            warning = (
+                f"volumes entry '{spec}': {host_text} is not in the Smolfile's directory;"
+                f" using {host} from the current directory (smolvm's rule)"
+            )
     if found is None:
         raise ValueProblem(f"volumes entry '{spec}': host path {host} does not exist", spec)
     if found != "dir":
         raise ValueProblem(f"volumes entry '{spec}': host path {host} is not a directory", spec)
-    return Volume(host_path=host, guest_path=guest, read_only=read_only)
+    return Volume(host_path=host, guest_path=guest, read_only=read_only), warning
 
 
 def parse_allow_host(host: str) -> str:

@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +111,40 @@ def qemu_pids(marker: str = "") -> set[int]:
                     continue
             pids.add(int(entry))
     return pids
+
+
+def rewrite_pack(
+    src: Path,
+    dst: Path,
+    *,
+    manifest: Callable[[dict[str, Any]], None] | None = None,
+    section: tuple[str, Callable[[bytearray], None]] | None = None,
+) -> Path:
+    """A copy of the pack at `src`, resealed (valid digests), with its manifest edited by
+    `manifest(obj)` and/or one section's bytes edited by `section = (name, edit)`."""
+    import json
+
+    from smolpack.payload import Manifest, PayloadWriter, open_payload
+
+    work = dst.parent / (dst.name + ".parts")
+    work.mkdir()
+    try:
+        with open_payload(src) as pack, PayloadWriter(dst) as writer:
+            for name, entry in pack.sections.items():
+                if entry.kind == 1:  # the manifest
+                    obj = json.loads(pack.read_section(name))
+                    if manifest is not None:
+                        manifest(obj)
+                    data = Manifest.from_dict(obj).to_json()
+                    writer.add_bytes(name, entry.kind, data, codec=entry.codec)  # type: ignore[arg-type]
+                    continue
+                part = work / str(len(list(work.iterdir())))
+                pack.copy_section_to(name, part)
+                if section is not None and section[0] == name:
+                    data = bytearray(part.read_bytes())
+                    section[1](data)
+                    part.write_bytes(data)
+                writer.add_file(name, entry.kind, part, codec=entry.codec)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(work)
+    return dst

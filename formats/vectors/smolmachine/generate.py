@@ -208,10 +208,29 @@ def valid_vectors() -> dict[str, bytes]:
         index_tail=b"index trailer added in 1.3",
         reserved=b"reserved-in-1.0 ",
     )
+    # A newer smolpack's engine (and a host this one does not know), listed first: skipped;
+    # their sections are absent and not checked; the qemu state is what this reader sees.
+    future_engine = assemble(
+        [
+            raw(
+                "manifest",
+                "manifest",
+                manifest(
+                    [
+                        {**QEMU, "name": "xen-x86_64", "engine": "xen", "sections": ["nope"]},
+                        {**QEMU, "name": "qemu-riscv", "host_arch": "riscv64", "sections": 3},
+                        QEMU,
+                    ]
+                ),
+            ),
+            raw("qemu-x86_64/migration", "state", pattern(b"q", 100)),
+        ]
+    )
     return {
         "minimal.smolmachine": minimal,
         "sample.smolmachine": sample,
         "future-minor.smolmachine": future,
+        "future-engine.smolmachine": future_engine,
     }
 
 
@@ -277,10 +296,10 @@ def invalid_vectors() -> dict[str, tuple[bytes, str]]:
             assemble([raw("manifest", "manifest", b'{"format_version": 1,')]),
             "manifest",
         ),
-        "manifest-bad-engine.smolmachine": (
+        "manifest-state-no-engine.smolmachine": (
             assemble(
                 [
-                    raw("manifest", "manifest", manifest([{**QEMU, "engine": "xen"}])),
+                    raw("manifest", "manifest", manifest([{**QEMU, "engine": 7}])),
                     raw("qemu-x86_64/migration", "state", b"x"),
                 ]
             ),
@@ -325,6 +344,234 @@ VALID_NOTES = {
     "future-minor.smolmachine": "version 1.3 with a 256-byte header, 160-byte entries, an index "
     "trailer, non-zero reserved bytes, an unknown section kind 42 and an unknown manifest key: "
     "a 1.0 reader reads it",
+    "future-engine.smolmachine": "states for an engine (`xen`) and a host arch (`riscv64`) this "
+    "reader does not know, listed first and naming absent sections: skipped; the qemu state "
+    "is the one read",
+}
+
+
+# What each invalid vector must fail with, written from the spec (formats/smolmachine.md,
+# "Reader obligations" and "Errors") and reviewed against it: the obligation number is
+# given per case. `build()` runs the reader and refuses to write the vectors if it disagrees,
+# so a reader change cannot silently rewrite what the spec expects.
+EXPECTED: dict[str, tuple[str, str, int, str]] = {
+    # obligation 0 (locate: no magic at 0, not ELF/Mach-O)
+    "empty.smolmachine": (
+        "open",
+        "NotASmolmachine",
+        111,
+        "empty.smolmachine: not a .smolmachine payload or packed executable",
+    ),
+    # obligation 0 (locate)
+    "not-a-payload.smolmachine": (
+        "open",
+        "NotASmolmachine",
+        111,
+        "not-a-payload.smolmachine: not a .smolmachine payload or packed executable",
+    ),
+    # obligation 1
+    "truncated-header.smolmachine": (
+        "open",
+        "PayloadTruncated",
+        110,
+        "truncated-header.smolmachine: truncated: 100 bytes after the origin, the header needs 128",
+    ),
+    # obligation 6
+    "truncated-payload.smolmachine": (
+        "open",
+        "PayloadTruncated",
+        110,
+        "truncated-payload.smolmachine: truncated: header says the payload is 16712 bytes, the file has 16711 after the origin",
+    ),
+    # obligation 2
+    "bad-magic.smolmachine": (
+        "open",
+        "NotASmolmachine",
+        111,
+        "bad-magic.smolmachine: not a .smolmachine payload or packed executable",
+    ),
+    # obligation 3
+    "major-2.smolmachine": (
+        "open",
+        "UnsupportedVersion",
+        112,
+        "major-2.smolmachine: format version 2.0 is not supported (this smolpack reads 1.x)",
+    ),
+    # obligation 4
+    "header-flags.smolmachine": (
+        "open",
+        "UnsupportedVersion",
+        112,
+        "header-flags.smolmachine: header flags 0x00000001 set; this smolpack knows none (written by a newer smolpack?)",
+    ),
+    # obligation 5
+    "header-size-64.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "header-size-64.smolmachine: header field header_size is 64 (expected a multiple of 8 in 128..65536)",
+    ),
+    # obligation 7
+    "index-out-of-range.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "index-out-of-range.smolmachine: index range [1099511627776, 1099511627920) is not inside [128, 16712) or its size is not in 16..16777216",
+    ),
+    # obligation 8
+    "index-digest.smolmachine": (
+        "open",
+        "IndexDigestMismatch",
+        113,
+        "index-digest.smolmachine: index digest mismatch (expected 9995324ca19f…, found 3f86fdb06e6d…)",
+    ),
+    # obligation 9
+    "entry-count-huge.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "entry-count-huge.smolmachine: index field entry_count 4294967295 needs 549755813776 bytes, index_size is 144",
+    ),
+    # obligation 9
+    "entry-size-small.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "entry-size-small.smolmachine: index field entry_size is 120 (expected a multiple of 8, at least 128)",
+    ),
+    # obligation 10
+    "bad-name.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "bad-name.smolmachine: section 1 name 'Disk' must be [a-z0-9._/-] with each '/' component starting with [a-z0-9]",
+    ),
+    # obligation 10
+    "name-dotdot.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "name-dotdot.smolmachine: section 1 name 'state/../../etc' must be [a-z0-9._/-] with each '/' component starting with [a-z0-9]",
+    ),
+    # obligation 10
+    "duplicate-name.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "duplicate-name.smolmachine: section 1 repeats the name 'manifest'",
+    ),
+    # obligation 10
+    "misaligned-offset.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "misaligned-offset.smolmachine: section 'disk' offset 16392 is not aligned to 2**14",
+    ),
+    # obligation 10
+    "raw-align-small.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "raw-align-small.smolmachine: section 'disk' has codec none but align_log2 3 (expected at least 14)",
+    ),
+    # obligation 10
+    "raw-size-mismatch.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "raw-size-mismatch.smolmachine: section 'disk' has codec none but stored_size 4096 != raw_size 4097",
+    ),
+    # obligation 10
+    "section-into-index.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "section-into-index.smolmachine: section 'disk' range [32768, 36928) is not inside [128, 36864)",
+    ),
+    # obligation 11
+    "overlap.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "overlap.smolmachine: sections 'manifest' [16384, 16566) and 'kernel' [16392, 18480) overlap",
+    ),
+    # obligation 12
+    "no-manifest.smolmachine": (
+        "open",
+        "BadLayout",
+        115,
+        "no-manifest.smolmachine: index has 0 manifest sections, expected 1",
+    ),
+    # obligation 14, 16
+    "section-digest.smolmachine": (
+        "verify",
+        "SectionDigestMismatch",
+        114,
+        "section-digest.smolmachine: section 'disk' digest mismatch (expected db2bfa71857d…, found d5d2f2651ddc…)",
+    ),
+    # obligation 14
+    "manifest-digest.smolmachine": (
+        "manifest",
+        "SectionDigestMismatch",
+        114,
+        "manifest-digest.smolmachine: section 'manifest' digest mismatch (expected 1e9c26b03a7c…, found 2e422f4c7801…)",
+    ),
+    # obligation 15
+    "manifest-bad-json.smolmachine": (
+        "manifest",
+        "BadLayout",
+        115,
+        "manifest-bad-json.smolmachine: not valid UTF-8 JSON (Expecting property name enclosed in double quotes: line 1 column 22 (char 21))",
+    ),
+    # obligation 15
+    "manifest-missing-section.smolmachine": (
+        "manifest",
+        "BadLayout",
+        115,
+        "manifest-missing-section.smolmachine: manifest state 'qemu-x86_64' names section 'qemu-x86_64/migration', which the index does not have",
+    ),
+    # obligation 15
+    "manifest-version-2.smolmachine": (
+        "manifest",
+        "UnsupportedVersion",
+        112,
+        "manifest-version-2.smolmachine: manifest format_version 2 is not supported (this smolpack reads 1)",
+    ),
+    # obligation 13
+    "unknown-codec.smolmachine": (
+        "read:kernel",
+        "UnsupportedVersion",
+        112,
+        "unknown-codec.smolmachine: section 'kernel' uses codec 7; this smolpack knows 0 (none) and 1 (zstd)",
+    ),
+    # obligation 13
+    "entry-flags.smolmachine": (
+        "read:kernel",
+        "UnsupportedVersion",
+        112,
+        "entry-flags.smolmachine: section 'kernel' has flags 0x00000004; this smolpack knows none",
+    ),
+    # obligation 14
+    "zstd-size-mismatch.smolmachine": (
+        "read:kernel",
+        "BadLayout",
+        115,
+        "zstd-size-mismatch.smolmachine: section 'kernel' decodes to more than raw_size 12799 bytes",
+    ),
+    # obligation 14
+    "zstd-corrupt.smolmachine": (
+        "read:kernel",
+        "BadLayout",
+        115,
+        "zstd-corrupt.smolmachine: section 'kernel' decodes to 0 bytes, raw_size is 12800",
+    ),
+    # obligation 15: a state's engine must be a string even when it is skipped
+    "manifest-state-no-engine.smolmachine": (
+        "manifest",
+        "BadLayout",
+        115,
+        "manifest-state-no-engine.smolmachine: field 'states[0].engine' must be a string (found 7)",
+    ),
 }
 
 
@@ -365,20 +612,28 @@ def build() -> dict[str, bytes]:
             files[f"valid/{stem}.inspect.json"] = (json.dumps(info, indent=2) + "\n").encode()
         for name, (data, operation) in invalid_vectors().items():
             Path(name).write_bytes(data)
+            want_op, want_error, want_exit, want_message = EXPECTED[name]
+            assert want_op == operation, f"{name}: EXPECTED says {want_op}, built for {operation}"
             try:
                 run_operation(name, operation)
             except PayloadError as err:
-                cases.append(
-                    {
-                        "file": name,
-                        "operation": operation,
-                        "error": type(err).__name__,
-                        "exit_code": err.exit_code,
-                        "message": err.message,
-                    }
-                )
+                got = (type(err).__name__, err.exit_code, err.message)
+                if got != (want_error, want_exit, want_message):
+                    raise AssertionError(
+                        f"{name}: the reader says {got}, the spec expects "
+                        f"{(want_error, want_exit, want_message)}"
+                    ) from None
             else:
                 raise AssertionError(f"invalid vector {name} passed {operation}")
+            cases.append(
+                {
+                    "file": name,
+                    "operation": operation,
+                    "error": want_error,
+                    "exit_code": want_exit,
+                    "message": want_message,
+                }
+            )
             files[f"invalid/{name}"] = data
     files["invalid/cases.json"] = (json.dumps(cases, indent=2, ensure_ascii=False) + "\n").encode()
     files["README.md"] = readme(cases).encode()
@@ -410,6 +665,9 @@ def readme(cases: list[dict[str, Any]]) -> str:
         "",
         "Each fails the given operation (`open`, `verify`, `manifest`, `read:<section>`) with the",
         "given error class, exit code and exact message; the same data is in `invalid/cases.json`.",
+        "The expectations are written by hand from the spec (`EXPECTED` in generate.py, with the",
+        "reader obligation each case exercises); the generator refuses to write the vectors when",
+        "the reader disagrees, so they are never regenerated from the reader's own output.",
         "",
         "| File | Operation | Error | Exit | Message |",
         "|------|-----------|-------|-----:|---------|",

@@ -1,0 +1,154 @@
+"""Real packs on unusual paths and files: `,` in every path QEMU sees, a pack QEMU must read
+through the fd the launcher verified."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import make_busybox_rootfs, rewrite_pack, smolpack
+
+from smolpack.host import find_qemu, qemu_version
+
+pytestmark = pytest.mark.vm
+
+
+def test_create_and_run_where_every_path_holds_a_comma(
+    tmp_path: Path, e2e_env: dict[str, str]
+) -> None:
+    # Was: `-chardev file,...,path=.../a,b=c/...: Invalid parameter 'b'`.
+    root = tmp_path / "a,b=c"
+    make_busybox_rootfs(root / "rootfs")
+    (root / "Smolfile").write_text(
+        'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
+    )
+    tmp = tmp_path / "tmp,x=y"  # run dirs (overlay, console) land here
+    tmp.mkdir()
+    env = {**e2e_env, "TMPDIR": str(tmp)}
+    env.pop("XDG_RUNTIME_DIR", None)
+    out = root / "out,z.smolmachine"
+    res = smolpack("create", "-q", "-o", str(out), str(root), env=env)
+    assert res.returncode == 0, res.stderr.decode()
+    res = smolpack("run", str(out), "--", "echo ran; exit 7", env=env)
+    assert (res.returncode, res.stdout, res.stderr) == (7, b"ran\n", b"")
+    assert sorted(os.listdir(root)) == ["Smolfile", "out,z.smolmachine", "rootfs"]
+    assert os.listdir(tmp) == []
+
+
+def test_a_pack_deleted_after_it_was_opened_runs_from_the_verified_fd(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    # QEMU used to reopen the pack by path after verification; here the path is gone (a
+    # path swapped after the check is the same hazard). It must read the open file.
+    pack = tmp_path / "doomed.smolmachine"
+    shutil.copy(test_pack, pack)
+    fd = os.open(pack, os.O_RDONLY)
+    try:
+        pack.unlink()
+        res = subprocess.run(
+            [sys.executable, "-m", "smolpack", "run", f"/dev/fd/{fd}", "--", "echo from-fd"],
+            capture_output=True,
+            env=e2e_env,
+            pass_fds=[fd],
+            timeout=120,
+        )
+    finally:
+        os.close(fd)
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"from-fd\n", b"")
+
+
+def test_runs_with_no_qemu_img_on_path(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    # Debian's qemu-system-x86 only recommends qemu-utils; a run used to die with
+    # `internal error: FileNotFoundError` creating its overlay with qemu-img.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    qemu = shutil.which("qemu-system-x86_64")
+    assert qemu is not None
+    (bin_dir / "qemu-system-x86_64").symlink_to(qemu)
+    env = {**e2e_env, "PATH": str(bin_dir)}
+    res = smolpack("run", str(test_pack), "--", "echo no-qemu-img", env=env)
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"no-qemu-img\n", b"")
+
+
+# -- a restore that cannot work becomes a cold boot ---------------------------------------
+
+QEMU_STATE = "qemu-x86_64"
+STREAM = f"{QEMU_STATE}/migration"
+
+
+def run_clean(pack: Path, env: dict[str, str], tmp: Path, script: str):  # type: ignore[no-untyped-def]
+    """`smolpack run` with its run dirs in `tmp`, which must be empty afterwards."""
+    run_env = {**env, "TMPDIR": str(tmp)}
+    run_env.pop("XDG_RUNTIME_DIR", None)
+    tmp.mkdir()
+    res = smolpack("run", str(pack), "--", script, env=run_env)
+    assert os.listdir(tmp) == [], "a run left files behind"
+    return res
+
+
+def test_state_recorded_by_another_qemu_version_boots_cold(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    def older_qemu(obj: dict[str, Any]) -> None:
+        obj["states"][0]["recorded"]["qemu_version"] = "6.0.0"
+
+    pack = rewrite_pack(test_pack, tmp_path / "old.smolmachine", manifest=older_qemu)
+    # /root/init-was-here exists in the saved state's disk too: the cold boot runs the same
+    # pack (its disk is the build's flattened one), just without the warm memory.
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "cat /root/init-was-here; exit 3")
+    here = qemu_version(find_qemu("x86_64"))
+    assert (res.returncode, res.stdout) == (3, b"warmed-up\n")
+    assert res.stderr.decode() == (
+        f"smolpack: not restoring {QEMU_STATE} (it was saved by QEMU 6.0.0,"
+        f" this host has {here}); booting cold\n"
+    )
+
+
+def test_a_migration_stream_qemu_refuses_boots_cold(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    def damage(data: bytearray) -> None:
+        data[:8] = b"NOTQEVM!"  # resealed: the digests match, QEMU refuses the stream
+
+    pack = rewrite_pack(test_pack, tmp_path / "bad.smolmachine", section=(STREAM, damage))
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "echo still-runs")
+    assert (res.returncode, res.stdout) == (0, b"still-runs\n")
+    assert res.stderr.decode() == (
+        f"smolpack: not restoring {QEMU_STATE} (restoring it failed: QEMU failed to start:"
+        " qemu-system-x86_64: load of migration failed: Invalid argument); booting cold\n"
+    )
+
+
+def test_a_damaged_state_section_boots_cold_but_a_damaged_disk_is_refused(
+    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+) -> None:
+    from smolpack.payload import open_payload
+
+    pack = tmp_path / "flipped.smolmachine"
+    shutil.copy(test_pack, pack)
+    with open_payload(pack) as p:
+        state_at, _ = p.section_file_range(STREAM)
+        disk_at, _ = p.section_file_range("disk")
+    with open(pack, "r+b") as f:  # one flipped byte, digests left as they were
+        f.seek(state_at + 4096)
+        byte = f.read(1)
+        f.seek(state_at + 4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    res = run_clean(pack, e2e_env, tmp_path / "tmp", "echo cold-but-fine")
+    assert (res.returncode, res.stdout) == (0, b"cold-but-fine\n")
+    err = res.stderr.decode()
+    assert err.startswith(f"smolpack: not restoring {QEMU_STATE} ({pack}: section '{STREAM}'")
+    assert err.endswith("); booting cold\n") and err.count("\n") == 1
+    with open(pack, "r+b") as f:  # the disk is what a cold boot runs: never spared
+        f.seek(disk_at + 1024)
+        f.write(b"\xff" * 16)
+    res = run_clean(pack, e2e_env, tmp_path / "tmp2", "echo nope")
+    assert (res.returncode, res.stdout) == (114, b"")
+    assert res.stderr.decode().startswith(f"Error: {pack}: section 'disk' digest mismatch")
