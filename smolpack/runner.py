@@ -37,6 +37,7 @@ from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, open_payload
 from smolpack.run_files import private_run_dir
+from smolpack.stages import StageClock
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -62,13 +63,12 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
 def _run_payload(
     path: str | Path, args: list[str], options: RunOptions, interrupts: _Interrupts
 ) -> int:
-    t0 = time.monotonic()
+    clock = StageClock()
     payload = open_payload(path)
-    timings = {"open": time.monotonic() - t0}
     try:
         # Every section is hashed once per file version before anything trusts it.
-        if ensure_verified(payload):
-            timings["verify"] = time.monotonic() - t0
+        ensure_verified(payload)
+        clock.mark("verify")
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
         plan = plan_run(
@@ -80,30 +80,30 @@ def _run_payload(
         )
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
-        timings["plan"] = time.monotonic() - t0
+        clock.mark("plan")
         with private_run_dir(keep=options.debug) as run_dir:
-            vm = _start_vm(plan, payload, machine, run_dir)
+            vm = _start_vm(plan, payload, machine, run_dir, clock)
             try:
-                timings["vm"] = time.monotonic() - t0
                 wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
                 try:
                     session = handshake(vm.agent, wait)
-                    timings["agent"] = time.monotonic() - t0
+                    clock.mark("handshake")
                     with session:
                         code = _run(session, machine, args, interrupts)
+                    clock.mark("program")
                 except AgentError as err:
                     raise explain_agent_failure(vm, err) from err
-                timings["exit"] = time.monotonic() - t0
             except BaseException:
                 if options.debug:
                     _show_console(vm)
                 raise
             finally:
                 vm.close()
+        clock.mark("teardown")
         if options.debug:
-            steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
             how = "restore" if plan.restores else "cold boot"
-            print(f"smolpack: {plan.engine} {how} {steps}", file=sys.stderr)
+            print(f"smolpack: {plan.engine} {how}", file=sys.stderr)
+            print(clock.line(), file=sys.stderr)
         return code
     finally:
         payload.close()
@@ -133,10 +133,14 @@ def _libkrun_source(payload: Payload) -> str | None:
         return None
 
 
-def _start_vm(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
+def _start_vm(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
+) -> Vm:
     if plan.engine == "krun":
-        return _start_krun(plan, payload, machine, run_dir)
-    return _start_qemu(plan, payload, machine, run_dir)
+        vm = _start_krun(plan, payload, machine, run_dir)
+        clock.mark("spawn")  # libkrun prepares, forks and restores in one call
+        return vm
+    return _start_qemu(plan, payload, machine, run_dir, clock)
 
 
 def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
@@ -150,7 +154,7 @@ def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_
 
 
 def _start_qemu(
-    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
 ) -> QemuVm:
     qemu_machine = QemuMachine(
         guest_arch=payload.manifest().guest_arch,
@@ -170,8 +174,11 @@ def _start_qemu(
     )
     create_overlay(disk.overlay, disk)
     qemu, accel = str(plan.qemu), plan.accel or "tcg"
+    clock.mark("prepare")
     if plan.state is None:
-        return QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
+        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
+        clock.mark("spawn")  # the boot itself ends in the handshake
+        return vm
     if len(plan.state.sections) != 1:
         raise EngineError(f"QEMU state {plan.state.name} must be one section")
     offset, _size = payload.section_file_range(plan.state.sections[0])
@@ -182,8 +189,10 @@ def _start_qemu(
         vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
     finally:
         os.close(fd)
+    clock.mark("spawn")
     try:
         vm.wait_incoming()
+        clock.mark("load")
     except BaseException:
         vm.close()
         raise
