@@ -36,7 +36,15 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
 from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
-from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
+from smolpack.engine.qemu import (
+    AGENT_GUEST_PATH,
+    KERNEL_CMDLINE,
+    QemuMachine,
+    QemuVm,
+    RamFile,
+    RootDisk,
+)
+from smolpack.engine.qemu_state import state_sections
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
 from smolpack.host import host_arch, host_os, hypervisor_status
 from smolpack.image import prepare_rootfs
@@ -54,7 +62,8 @@ BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loa
 QEMU_STATE = f"qemu-{GUEST_ARCH}"
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
-BUILD_RECIPE = "2"
+# 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).
+BUILD_RECIPE = "3"
 
 
 def build_payload(
@@ -63,11 +72,15 @@ def build_payload(
     *,
     progress: Progress,
     host_libs: tuple[str, RuntimeLibs] | None = None,
+    lazy_memory: bool = True,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
 
     `host_libs` (target, libraries): carry that host's libkrun + libkrunfw in the pack
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
+    `lazy_memory`: the QEMU state keeps guest RAM as a section of its own, mapped
+    copy-on-write at run time (formats/qemu-state.md); False writes the eager layout of
+    packs before it (RAM inside the migration stream), which runs must still restore.
     """
     image = require_local_image(config)
     assert image.path is not None
@@ -115,7 +128,9 @@ def build_payload(
             krun = _krun_build(config, machine, base, work, progress)
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
-        state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
+        state, ram, disk = _boot_build_and_save(
+            config, machine, qemu_machine, base, work, progress, lazy_memory=lazy_memory
+        )
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
@@ -127,7 +142,7 @@ def build_payload(
                     engine="qemu",
                     host_arch=GUEST_ARCH,
                     host_os="linux",
-                    sections=(f"{QEMU_STATE}/migration",),
+                    sections=state_sections(QEMU_STATE, lazy=ram is not None),
                 )),
             )  # fmt: skip
             with PayloadWriter(out) as writer:
@@ -136,7 +151,11 @@ def build_payload(
                 writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
                 # raw: QEMU reads the disk and the state in place, from inside the pack.
                 writer.add_file("disk", SectionKind.DISK, disk)
-                writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, state)
+                # The state's stream, then (lazy layout) its RAM file: raw, so it can be mapped.
+                qemu_parts = [state, *([ram] if ram else [])]
+                for name, path in zip(state_sections(QEMU_STATE, lazy=ram is not None),
+                                      qemu_parts, strict=True):  # fmt: skip
+                    writer.add_file(name, SectionKind.STATE, path)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
@@ -156,14 +175,20 @@ def _boot_build_and_save(
     base: Path,
     work: Path,
     progress: Progress,
-) -> tuple[Path, Path]:
+    *,
+    lazy_memory: bool,
+) -> tuple[Path, Path | None, Path]:
+    """Boot, run the init steps, save: (migration stream, RAM file or None, flat disk)."""
     overlay = work / "overlay.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
     state = work / "state.bin"
+    # Lazy memory: the guest's RAM is this file (shared), so the saved stream leaves it out.
+    ram = RamFile(path=work / "memory.ram", shared=True) if lazy_memory else None
     vm = QemuVm(
         qemu_machine,
         RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
         run_dir=work,
+        ram=ram,
     )
     try:
         with progress.step("Booting the build VM"):
@@ -193,7 +218,7 @@ def _boot_build_and_save(
         _qemu_img("convert", "-O", "raw", str(overlay), str(disk))
         overlay.unlink()
         base.unlink()
-    return state, disk
+    return state, ram.path if ram else None, disk
 
 
 def krun_buildable() -> tuple[bool, str]:

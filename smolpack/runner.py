@@ -30,8 +30,9 @@ from smolpack.cache import cached_section
 from smolpack.engine import Vm
 from smolpack.engine.console import explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
+from smolpack.engine.qemu_state import parse_state, run_ram
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
-from smolpack.errors import AgentError, EngineError, HostError, Interrupted
+from smolpack.errors import AgentError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
@@ -174,19 +175,22 @@ def _start_qemu(
     )
     create_overlay(disk.overlay, disk)
     qemu, accel = str(plan.qemu), plan.accel or "tcg"
-    clock.mark("prepare")
     if plan.state is None:
+        clock.mark("prepare")
         vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
         clock.mark("spawn")  # the boot itself ends in the handshake
         return vm
-    if len(plan.state.sections) != 1:
-        raise EngineError(f"QEMU state {plan.state.name} must be one section")
-    offset, _size = payload.section_file_range(plan.state.sections[0])
+    state = parse_state(plan.state)
+    ram = run_ram(payload, state, machine.memory_mib)  # None: RAM is in the stream (eager)
+    offset, _size = payload.section_file_range(state.migration)
+    clock.mark("prepare")
     # QEMU reads the migration stream from this fd, from the section's start, in place.
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
-        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
+        vm = QemuVm(
+            qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd, ram=ram
+        )
     finally:
         os.close(fd)
     clock.mark("spawn")
