@@ -73,6 +73,7 @@ def build_payload(
     progress: Progress,
     host_libs: tuple[str, RuntimeLibs] | None = None,
     lazy_memory: bool = True,
+    compress: bool = True,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
 
@@ -81,6 +82,9 @@ def build_payload(
     `lazy_memory`: the QEMU state keeps guest RAM as a section of its own, mapped
     copy-on-write at run time (formats/qemu-state.md); False writes the eager layout of
     packs before it (RAM inside the migration stream), which runs must still restore.
+    `compress`: store the disk and the QEMU state zstd-compressed, for transport; a run
+    decodes each once into its cache by digest (`cache.section_file`). False stores them
+    raw: the disk and the stream are read in place, no first-run decoding.
     """
     image = require_local_image(config)
     assert image.path is not None
@@ -149,13 +153,16 @@ def build_payload(
                 writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
                 # zstd: the launcher materializes the kernel once into its cache anyway.
                 writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
-                # raw: QEMU reads the disk and the state in place, from inside the pack.
-                writer.add_file("disk", SectionKind.DISK, disk)
-                # The state's stream, then (lazy layout) its RAM file: raw, so it can be mapped.
+                # Raw: QEMU reads the disk and the stream in place, from inside the pack.
+                # Compressed: a run decodes them into its cache once (formats/qemu-state.md).
+                cold = Codec.ZSTD if compress else Codec.NONE
+                writer.add_file("disk", SectionKind.DISK, disk, codec=cold)
+                # The state's stream, then (lazy layout) its RAM file, which a run maps from
+                # its cache in both cases (QEMU 7.2 cannot map a range of the pack).
                 qemu_parts = [state, *([ram] if ram else [])]
                 for name, path in zip(state_sections(QEMU_STATE, lazy=ram is not None),
                                       qemu_parts, strict=True):  # fmt: skip
-                    writer.add_file(name, SectionKind.STATE, path)
+                    writer.add_file(name, SectionKind.STATE, path, codec=cold)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:

@@ -153,3 +153,17 @@ def cached_section(payload: Payload, section: str, kind: str, *, mode: int = 0o4
     digest = payload.sections[section].sha256.hex()
     entry = cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp), mode=mode)
     return entry.resolve()
+
+
+def section_file(payload: Payload, section: str, kind: str) -> tuple[Path, int, int]:
+    """Where an engine reads `section` as a file range: (path, offset, size).
+
+    A raw section is read in place, inside the pack: nothing is copied. A compressed one
+    (`smolpack create --compress`) is decoded once into the cache by digest, and read from
+    there by every later run: compression costs the first run only, never the hot path.
+    """
+    entry = payload.sections[section]
+    if entry.codec == 0:  # Codec.NONE
+        offset, size = payload.section_file_range(section)
+        return Path(payload.path).resolve(), offset, size
+    return cached_section(payload, section, kind), 0, entry.raw_size

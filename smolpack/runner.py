@@ -26,7 +26,7 @@ from pathlib import Path
 
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.cache import cached_section
+from smolpack.cache import cached_section, section_file
 from smolpack.engine import Vm
 from smolpack.engine.console import explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
@@ -165,13 +165,11 @@ def _start_qemu(
         cmdline=machine.kernel_cmdline,
         net=machine.net,
     )
-    disk_offset, disk_size = payload.section_file_range("disk")
+    # In place in the pack, or decoded once into the cache when stored compressed.
+    disk_path, disk_offset, disk_size = section_file(payload, "disk", "disk")
     # A fresh overlay per run: the shipped base disk is never written.
     disk = RootDisk(
-        path=Path(payload.path).resolve(),
-        offset=disk_offset,
-        size=disk_size,
-        overlay=run_dir / "overlay.qcow2",
+        path=disk_path, offset=disk_offset, size=disk_size, overlay=run_dir / "overlay.qcow2"
     )
     create_overlay(disk.overlay, disk)
     qemu, accel = str(plan.qemu), plan.accel or "tcg"
@@ -182,10 +180,10 @@ def _start_qemu(
         return vm
     state = parse_state(plan.state)
     ram = run_ram(payload, state, machine.memory_mib)  # None: RAM is in the stream (eager)
-    offset, _size = payload.section_file_range(state.migration)
+    stream, offset, _size = section_file(payload, state.migration, "qemu-stream")
     clock.mark("prepare")
-    # QEMU reads the migration stream from this fd, from the section's start, in place.
-    fd = os.open(payload.path, os.O_RDONLY)
+    # QEMU reads the migration stream from this fd, from the section's start.
+    fd = os.open(stream, os.O_RDONLY)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
         vm = QemuVm(

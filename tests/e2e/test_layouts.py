@@ -1,9 +1,10 @@
 """Every pack layout restores the same machine (formats/qemu-state.md, formats/smolmachine.md).
 
-One rootfs, packed once per layout: `lazy` (the default: guest RAM a section of its own,
-mapped copy-on-write) and `eager` (RAM inside QEMU's migration stream, as packs before
-issue 14 were). The init step leaves a file in a tmpfs, so its content lives in guest RAM
-only: reading it back after a restore proves the RAM came back.
+One rootfs, packed once per layout: `lazy` (guest RAM a section of its own, mapped
+copy-on-write), `eager` (RAM inside QEMU's migration stream, as packs before issue 14
+were), both raw (read in place), and `lazy-zstd` (the default of `smolpack create`: disk
+and state compressed, decoded once into the cache). The init step leaves a file in a
+tmpfs, so its content lives in guest RAM only: reading it back proves the RAM came back.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from e2e_helpers import make_busybox_rootfs, smolpack
 
 from smolpack.build import build_payload
 from smolpack.payload import open_payload
+from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
 from smolpack.smolfile import load_smolfile
 
 pytestmark = pytest.mark.vm
 
-LAYOUTS = {"lazy": {"lazy_memory": True}, "eager": {"lazy_memory": False}}
+LAYOUTS = {
+    "lazy": {"lazy_memory": True, "compress": False},
+    "eager": {"lazy_memory": False, "compress": False},
+    "lazy-zstd": {"lazy_memory": True, "compress": True},
+}
 INIT = "mkdir -p /ram && mount -t tmpfs tmpfs /ram && echo in-ram > /ram/x && echo warm > /root/w"
 
 
@@ -54,25 +60,30 @@ def test_layout_is_what_was_asked(layout_pack: tuple[str, Path]) -> None:
     name, pack = layout_pack
     with open_payload(pack) as payload:
         sections = payload.manifest().states[0].sections
-    memory = ("qemu-x86_64/memory",) if name == "lazy" else ()
+        codecs = {payload.sections[s].codec for s in ("disk", *sections)}
+    memory = () if name == "eager" else ("qemu-x86_64/memory",)
     assert sections == ("qemu-x86_64/migration", *memory)
+    assert codecs == ({Codec.ZSTD} if name.endswith("-zstd") else {Codec.NONE})
 
 
-def test_ram_and_disk_come_back(layout_pack: tuple[str, Path], e2e_env: dict[str, str]) -> None:
-    _, pack = layout_pack
-    res = run(pack, e2e_env, "cat /ram/x /root/w; exit 3")
-    assert (res.returncode, res.stdout) == (3, b"in-ram\nwarm\n"), res.stderr.decode()
-
-
-def test_guest_writes_to_ram_stay_in_their_run(
-    layout_pack: tuple[str, Path], e2e_env: dict[str, str]
+def test_ram_and_disk_come_back_and_writes_stay_in_their_run(
+    layout_pack: tuple[str, Path], e2e_env: dict[str, str], tmp_path: Path
 ) -> None:
     _, pack = layout_pack
-    assert run(pack, e2e_env, "echo scribbled > /ram/x").returncode == 0
+    res = run(pack, e2e_env, "cat /ram/x /root/w; echo scribbled > /ram/x; exit 3")
+    assert (res.returncode, res.stdout) == (3, b"in-ram\nwarm\n"), res.stderr.decode()
     res = run(pack, e2e_env, "cat /ram/x")
     assert res.stdout == b"in-ram\n", res.stderr.decode()
     with open_payload(pack) as payload:
         entry = payload.sections.get("qemu-x86_64/memory")
-    if entry is not None:  # lazy: the cached RAM file QEMU mapped is never written
-        cached = Path(e2e_env["SMOLPACK_CACHE_DIR"]) / "qemu-memory" / entry.sha256.hex()
-        assert hashlib.sha256(cached.read_bytes()).digest() == entry.sha256
+        if entry is None:
+            return
+        # lazy: the cached RAM file QEMU mapped is never written
+        payload.copy_section_to(entry.name, tmp_path / "ram")
+    cached = Path(e2e_env["SMOLPACK_CACHE_DIR"]) / "qemu-memory" / entry.sha256.hex()
+    assert _sha(cached) == _sha(tmp_path / "ram")
+
+
+def _sha(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
