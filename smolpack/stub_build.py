@@ -14,6 +14,9 @@ Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine import
 - `--onefile --strip` plus `STUB_EXCLUDES`: 4.2 MB and ~90 ms to `--smol-version`, against
   8.3 MB and ~140 ms with the defaults (libcrypto via _hashlib, CJK codecs, unicodedata,
   decimal... which the run path never imports; hashlib falls back to the builtin sha256).
+- no runtime hook for `inspect`: PyInstaller's (pyi_rth_inspect) imports inspect and
+  zipfile and lists base_library.zip at every start, to fix `inspect.getsourcefile` for
+  frozen code, which the launcher never calls (`_no_inspect_hook`).
 - the build takes ~10 s; the result is cached under a key of everything that goes in it.
 """
 
@@ -36,7 +39,7 @@ TARGETS = ("linux-x86_64", "linux-aarch64", "macos-arm64")
 ENV_STUB_DIR = "SMOLPACK_STUB_DIR"
 STUB_NAME = "smolstub"
 # Bump when the way a stub is built changes (it is part of the cache key).
-STUB_RECIPE = "1"
+STUB_RECIPE = "2"
 
 # Standard-library modules the launcher never imports but PyInstaller would bundle because
 # something imports them optionally. Each one excluded is size and extraction time saved
@@ -144,6 +147,21 @@ def build_stub(*, force: bool = False) -> Path:
     return cached_file("stubs", key, _freeze)
 
 
+def _no_inspect_hook(hooks: Path) -> Path:
+    """A hooks dir whose runtime hook for `inspect` does nothing.
+
+    User hook dirs come before PyInstaller's own, and the first runtime hooks defined for
+    a module win, so this replaces pyi_rth_inspect (an empty list would not: it defines
+    nothing). Measured: bench/bench_launcher.py.
+    """
+    (hooks / "rthooks").mkdir(parents=True)
+    (hooks / "rthooks.dat").write_text("{'inspect': ['pyi_rth_smolpack_inspect.py']}\n")
+    (hooks / "rthooks" / "pyi_rth_smolpack_inspect.py").write_text(
+        "# smolpack: no inspect.getsourcefile fix-up (see smolpack/stub_build.py)\n"
+    )
+    return hooks
+
+
 def _freeze(dest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="smolpack-stub-") as tmp:
         work = Path(tmp)
@@ -162,6 +180,7 @@ def _freeze(dest: Path) -> None:
             argv += ["--hidden-import", module]
         for module in STUB_EXCLUDES:
             argv += ["--exclude-module", module]
+        argv += ["--additional-hooks-dir", str(_no_inspect_hook(work / "hooks"))]
         argv.append(str(script))
         res = subprocess.run(argv, capture_output=True, text=True, cwd=work)
         built = work / "dist" / STUB_NAME
