@@ -102,3 +102,30 @@ def test_ram_file_args_shared_and_private_and_commas() -> None:
     ]
     run = ram_file_args(machine, RamFile(path=Path("/c/x"), shared=False))
     assert "share=off" in run[1]
+
+
+@pytest.mark.parametrize("codec", [Codec.NONE, Codec.ZSTD])
+def test_section_file_is_in_place_when_raw_and_cached_when_compressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: Codec
+) -> None:
+    from smolpack.cache import section_file
+
+    monkeypatch.setenv("SMOLPACK_CACHE_DIR", str(tmp_path / "cache"))
+    data = os.urandom(50_000)
+    (tmp_path / "disk").write_bytes(data)
+    pack = tmp_path / "p.smolmachine"
+    with PayloadWriter(pack) as w:
+        w.add_bytes("manifest", SectionKind.MANIFEST, sample_manifest().to_json())
+        w.add_file("disk", SectionKind.DISK, tmp_path / "disk", codec=codec)
+    with open_payload(pack) as payload:
+        path, offset, size = section_file(payload, "disk", "disk")
+        digest = payload.sections["disk"].sha256.hex()
+    assert size == len(data)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        assert f.read(size) == data
+    if codec == Codec.NONE:
+        assert path == pack.resolve() and offset > 0  # read in place: nothing copied
+        assert not (tmp_path / "cache").exists()
+    else:
+        assert (path, offset) == ((tmp_path / "cache" / "disk" / digest).resolve(), 0)
