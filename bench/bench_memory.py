@@ -39,7 +39,9 @@ from smolpack.progress import Progress
 from smolpack.smolfile import load_smolfile
 config = load_smolfile(Path(sys.argv[1])).packed()
 lazy = sys.argv[3] == "lazy"
-build_payload(config, Path(sys.argv[2]), progress=Progress(quiet=True), lazy_memory=lazy)
+# raw sections: the eager stream is read in place, as packs before issue 14 were
+build_payload(config, Path(sys.argv[2]), progress=Progress(quiet=True), lazy_memory=lazy,
+              compress=False)
 """
 
 
