@@ -36,6 +36,10 @@ lint: .deps-installed
 	$(PYTHON) -m mypy --strict smolpack stub
 
 bench: .deps-installed
+	$(PYTHON) bench/bench_stages.py
+	$(PYTHON) bench/bench_launcher.py
+	$(PYTHON) bench/bench_memory.py
+	$(PYTHON) bench/bench_pack_size.py
 	$(PYTHON) bench/bench_tool.py
 	$(PYTHON) bench/bench_restore.py
 	$(PYTHON) bench/bench_payload_open.py

@@ -92,7 +92,7 @@ def main() -> int:
         else:
             bad.append(f"round {i} ({script!r}): exit {res.returncode}, out {res.stdout[:80]!r}, "
                        f"stderr {err.strip().splitlines()[-6:]}")  # fmt: skip
-        timing = [x for x in err.splitlines() if " restore " in x or " cold boot " in x]
+        timing = [x for x in err.splitlines() if x.startswith("smolpack: stages ")]
         print(f"round {i}: {'ok' if ok else 'WRONG'} {took:.2f} s {timing[-1:]}", flush=True)
     times.sort()
     if times:

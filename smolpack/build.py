@@ -36,8 +36,16 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
 from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
-from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
-from smolpack.engine.qemu_state import qemu_facts
+from smolpack.engine.qemu import (
+    AGENT_GUEST_PATH,
+    KERNEL_CMDLINE,
+    QemuMachine,
+    QemuVm,
+    RamFile,
+    RootDisk,
+)
+from smolpack.engine.qemu_compat import qemu_facts
+from smolpack.engine.qemu_state import state_sections
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
 from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
 from smolpack.image import prepare_rootfs
@@ -56,7 +64,8 @@ QEMU_STATE = f"qemu-{GUEST_ARCH}"
 STATE_CHOICES = ("auto", "krun", "qemu")
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
-BUILD_RECIPE = "2"
+# 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).
+BUILD_RECIPE = "3"
 
 
 def build_payload(
@@ -66,6 +75,8 @@ def build_payload(
     progress: Progress,
     host_libs: tuple[str, RuntimeLibs] | None = None,
     states: str = "auto",
+    lazy_memory: bool = True,
+    compress: bool = True,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
 
@@ -73,6 +84,12 @@ def build_payload(
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
     `states`: "auto" (krun's where this host can build it, and QEMU's), "krun" or "qemu"
     (that engine's state only: the pack's disk is then that build VM's).
+    `lazy_memory`: the QEMU state keeps guest RAM as a section of its own, mapped
+    copy-on-write at run time (formats/qemu-state.md); False writes the eager layout of
+    packs before it (RAM inside the migration stream), which runs must still restore.
+    `compress`: store the disk and the QEMU state zstd-compressed, for transport; a run
+    decodes each once into its cache by digest (`cache.section_file`). False stores them
+    raw: the disk and the stream are read in place, no first-run decoding.
     """
     if states not in STATE_CHOICES:
         raise ValueError(f"states must be one of {STATE_CHOICES}")
@@ -120,18 +137,21 @@ def build_payload(
                 " under QEMU the guest's egress is unrestricted"
             )
         krun: tuple[StateRef, list[Any]] | None = None
-        qemu: Path | None = None
         if states == "qemu":
             progress.note("krun state skipped: --state=qemu")
         elif krun_ok:  # first: the QEMU build consumes the base image
             krun = _krun_build(config, machine, base, work, progress, own_disk=states != "krun")
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
+        qemu: tuple[Path, Path | None] | None = None  # the QEMU state: stream, RAM file
         if states == "krun":
             disk = work / "krun-disk.raw"  # the krun state's disk is the pack's
             base.unlink()
         else:
-            qemu, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
+            stream, ram, disk = _boot_build_and_save(
+                config, machine, qemu_machine, base, work, progress, lazy_memory=lazy_memory
+            )
+            qemu = (stream, ram)
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
@@ -143,8 +163,8 @@ def build_payload(
                     engine="qemu",
                     host_arch=GUEST_ARCH,
                     host_os="linux",
-                    sections=(f"{QEMU_STATE}/migration",),
-                    # A run's QEMU must match these to restore (engine/qemu_state.py).
+                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None),
+                    # A run's QEMU must match these to restore (engine/qemu_compat.py).
                     recorded=qemu_facts(find_qemu("x86_64")),  # GUEST_ARCH
                 )] if qemu else [])),
             )  # fmt: skip
@@ -152,10 +172,18 @@ def build_payload(
                 writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
                 # zstd: the launcher materializes the kernel once into its cache anyway.
                 writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
-                # raw: QEMU reads the disk and the state in place, from inside the pack.
-                writer.add_file("disk", SectionKind.DISK, disk)
+                # Raw: QEMU reads the disk and the stream in place, from inside the pack.
+                # Compressed: a run decodes them into its cache once (formats/qemu-state.md).
+                cold = Codec.ZSTD if compress else Codec.NONE
+                writer.add_file("disk", SectionKind.DISK, disk, codec=cold)
+                # The state's stream, then (lazy layout) its RAM file, which a run maps from
+                # its cache in both cases (QEMU 7.2 cannot map a range of the pack).
                 if qemu is not None:
-                    writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, qemu)
+                    stream, ram = qemu
+                    parts = [stream, *([ram] if ram else [])]
+                    for name, path in zip(state_sections(QEMU_STATE, lazy=ram is not None),
+                                          parts, strict=True):  # fmt: skip
+                        writer.add_file(name, SectionKind.STATE, path, codec=cold)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
@@ -175,14 +203,20 @@ def _boot_build_and_save(
     base: Path,
     work: Path,
     progress: Progress,
-) -> tuple[Path, Path]:
+    *,
+    lazy_memory: bool,
+) -> tuple[Path, Path | None, Path]:
+    """Boot, run the init steps, save: (migration stream, RAM file or None, flat disk)."""
     overlay = work / "overlay.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
     state = work / "state.bin"
+    # Lazy memory: the guest's RAM is this file (shared), so the saved stream leaves it out.
+    ram = RamFile(path=work / "memory.ram", shared=True) if lazy_memory else None
     vm = QemuVm(
         qemu_machine,
         RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
         run_dir=work,
+        ram=ram,
     )
     try:
         with progress.step("Booting the build VM"):
@@ -212,7 +246,7 @@ def _boot_build_and_save(
         _qemu_img("convert", "-O", "raw", str(overlay), str(disk))
         overlay.unlink()
         base.unlink()
-    return state, disk
+    return state, ram.path if ram else None, disk
 
 
 def krun_buildable() -> tuple[bool, str]:

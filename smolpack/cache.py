@@ -94,12 +94,14 @@ def cached_file(
     produce: Callable[[Path], object],
     *,
     root: Path | None = None,
+    mode: int = 0o444,
 ) -> Path:
     """Return the cache entry `kind/key_digest`, calling `produce(tmp_path)` if it is absent.
 
     `produce` writes the complete content to the (empty, already created) path it is given
     and returns (its return value is ignored); it runs at most once across all concurrent
-    callers per entry.
+    callers per entry. `mode`: the entry's permissions (read-only unless a consumer must
+    open it for writing).
     """
     if not _KIND_RE.fullmatch(kind):
         raise ValueError(f"bad cache kind {kind!r}")
@@ -124,8 +126,9 @@ def cached_file(
         tmp = Path(tmp_name)
         try:
             produce(tmp)
-            # Read-only for everyone: entries are immutable and may be handed to QEMU as is.
-            os.chmod(tmp, 0o444)
+            # Read-only for everyone by default: entries are immutable and may be handed to
+            # QEMU as is.
+            os.chmod(tmp, mode)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -140,7 +143,7 @@ def cached_file(
     return entry
 
 
-def cached_section(payload: Payload, section: str, kind: str) -> Path:
+def cached_section(payload: Payload, section: str, kind: str, *, mode: int = 0o444) -> Path:
     """`section` of `payload` as a file of its own (kernel, libraries, krun memory and disk).
 
     Keyed by the section's SHA-256, so every pack that carries the same bytes shares one
@@ -148,5 +151,19 @@ def cached_section(payload: Payload, section: str, kind: str) -> Path:
     because libkrun and QEMU get the path as is.
     """
     digest = payload.sections[section].sha256.hex()
-    entry = cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp))
+    entry = cached_file(kind, digest, lambda tmp: payload.copy_section_to(section, tmp), mode=mode)
     return entry.resolve()
+
+
+def section_file(payload: Payload, section: str, kind: str) -> tuple[Path, int, int]:
+    """Where an engine reads `section` as a file range: (path, offset, size).
+
+    A raw section is read in place, inside the pack: nothing is copied. A compressed one
+    (`smolpack create --compress`) is decoded once into the cache by digest, and read from
+    there by every later run: compression costs the first run only, never the hot path.
+    """
+    entry = payload.sections[section]
+    if entry.codec == 0:  # Codec.NONE
+        offset, size = payload.section_file_range(section)
+        return Path(payload.path).resolve(), offset, size
+    return cached_section(payload, section, kind), 0, entry.raw_size

@@ -15,16 +15,20 @@ The tool's own exit status passes through unchanged; the launcher's own failures
 `Error:` line and use the reserved block of formats/exit-codes.md (110-125). Only `main`
 calls `sys.exit`.
 
-Imports: stdlib at the top; the payload reader and the runner inside functions, so
-`--smol-version` and `--smol-help` cost no more than the interpreter itself.
+Imports: `os` and `sys` at the top; the payload reader and the runner inside functions,
+so `--smol-version` and `--smol-help` cost no more than the interpreter itself. Not even
+dataclasses or typing: dataclasses imports inspect (ast, dis, enum, re, tokenize), ~10 ms
+of every start on our dev VM (bench/bench_launcher.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from typing import NoReturn
+
+TYPE_CHECKING = False  # not typing's: see the docstring (mypy takes any TYPE_CHECKING as true)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 PREFIX = "--smol-"
 FLAGS = ("help", "version", "info", "cold", "debug")
@@ -50,14 +54,46 @@ Environment:
 """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class LaunchOptions:
-    help: bool = False  # --smol-help
-    version: bool = False  # --smol-version
-    info: bool = False  # --smol-info
-    cold: bool = False  # --smol-cold
-    debug: bool = False  # --smol-debug
-    engine: str = "auto"  # --smol-engine / SMOLPACK_ENGINE
+    """The launcher's options (a frozen dataclass by hand: see the module docstring)."""
+
+    __slots__ = ("help", "version", "info", "cold", "debug", "engine")
+    help: bool  # --smol-help
+    version: bool  # --smol-version
+    info: bool  # --smol-info
+    cold: bool  # --smol-cold
+    debug: bool  # --smol-debug
+    engine: str  # --smol-engine / SMOLPACK_ENGINE
+
+    def __init__(
+        self,
+        *,
+        help: bool = False,
+        version: bool = False,
+        info: bool = False,
+        cold: bool = False,
+        debug: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        values = (help, version, info, cold, debug, engine)
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"LaunchOptions is frozen: cannot set {name}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LaunchOptions) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"LaunchOptions({fields})"
 
 
 def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple[

@@ -26,17 +26,20 @@ from pathlib import Path
 
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.cache import cached_section
+from smolpack.cache import cached_section, section_file
 from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
+from smolpack.engine.qemu_state import parse_state, run_ram
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, open_payload
+from smolpack.payload.layout import Codec
 from smolpack.run_files import private_run_dir
+from smolpack.stages import StageClock
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -62,14 +65,12 @@ def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
 def _run_payload(
     path: str | Path, args: list[str], options: RunOptions, interrupts: _Interrupts
 ) -> int:
-    t0 = time.monotonic()
+    clock = StageClock()
     payload = open_payload(path)
-    timings = {"open": time.monotonic() - t0}
     try:
         # Every section is hashed once per file version before anything trusts it.
         verified = ensure_verified(payload)
-        if verified.hashed:
-            timings["verify"] = time.monotonic() - t0
+        clock.mark("verify")
         manifest = payload.manifest()
         machine = MachineConfig.from_dict(manifest.machine, label=str(path))
         facts = host_facts(payload)
@@ -85,28 +86,28 @@ def _run_payload(
             plan = planned(cold=True)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
-        timings["plan"] = time.monotonic() - t0
+        clock.mark("plan")
         with private_run_dir(keep=options.debug) as run_dir:
             plan, vm, session = _start(plan, lambda: planned(cold=True), payload, machine,
-                                       run_dir, debug=options.debug)  # fmt: skip
+                                       run_dir, clock, debug=options.debug)  # fmt: skip
             try:
-                timings["agent"] = time.monotonic() - t0
                 try:
                     with session:
                         code = _run(session, machine, args, interrupts)
+                    clock.mark("program")
                 except AgentError as err:
                     raise explain_agent_failure(vm, err) from err
-                timings["exit"] = time.monotonic() - t0
             except BaseException:
                 if options.debug:
                     _show_console(vm)
                 raise
             finally:
                 vm.close()
+        clock.mark("teardown")
         if options.debug:
-            steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
             how = "restore" if plan.restores else "cold boot"
-            print(f"smolpack: {plan.engine} {how} {steps}", file=sys.stderr)
+            print(f"smolpack: {plan.engine} {how}", file=sys.stderr)
+            print(clock.line(), file=sys.stderr)
         return code
     finally:
         payload.close()
@@ -118,6 +119,7 @@ def _start(
     payload: Payload,
     machine: MachineConfig,
     run_dir: Path,
+    clock: StageClock,
     *,
     debug: bool,
 ) -> tuple[EnginePlan, Vm, AgentSession]:
@@ -126,18 +128,18 @@ def _start(
     pack, with one line on stderr. Nothing of the program has run at that point: RUN is
     only sent once the agent has answered."""
     if plan.state is None:
-        return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+        return (plan, *_start_greeted(plan, payload, machine, run_dir, clock, debug=debug))
     why = _restore_blocker(plan, payload)
     if why is None:
         try:
-            return (plan, *_start_greeted(plan, payload, machine, run_dir, debug=debug))
+            return (plan, *_start_greeted(plan, payload, machine, run_dir, clock, debug=debug))
         except (EngineError, AgentError) as err:  # VmStopped is an EngineError
             why = f"restoring it failed: {err}"
     _cold_note(plan, why)
     cold = cold_plan()
     cold_dir = run_dir / "cold"  # the failed attempt's files stay apart (and go with run_dir)
     cold_dir.mkdir(mode=0o700)
-    return (cold, *_start_greeted(cold, payload, machine, cold_dir, debug=debug))
+    return (cold, *_start_greeted(cold, payload, machine, cold_dir, clock, debug=debug))
 
 
 def _cold_note(plan: EnginePlan, why: str) -> None:
@@ -153,7 +155,7 @@ def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
         return krun_restore_blocker(plan.state, payload)
     if plan.engine != "qemu" or plan.state is None or plan.qemu is None:
         return None
-    from smolpack.engine.qemu_state import restore_blocker
+    from smolpack.engine.qemu_compat import restore_blocker
 
     try:
         return restore_blocker(plan.state, Path(plan.qemu))
@@ -162,13 +164,16 @@ def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
 
 
 def _start_greeted(
-    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, *, debug: bool
-) -> tuple[Vm, AgentSession]:
-    vm = _start_vm(plan, payload, machine, run_dir)
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path,
+    clock: StageClock, *, debug: bool,
+) -> tuple[Vm, AgentSession]:  # fmt: skip
+    vm = _start_vm(plan, payload, machine, run_dir, clock)
     try:
         wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
         try:
-            return vm, handshake(vm.agent, wait)
+            session = handshake(vm.agent, wait)
+            clock.mark("handshake")
+            return vm, session
         except AgentError as err:
             raise explain_agent_failure(vm, err) from err
     except BaseException:
@@ -202,10 +207,14 @@ def _libkrun_source(payload: Payload) -> str | None:
         return None
 
 
-def _start_vm(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
+def _start_vm(
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
+) -> Vm:
     if plan.engine == "krun":
-        return _start_krun(plan, payload, machine, run_dir)
-    return _start_qemu(plan, payload, machine, run_dir)
+        vm = _start_krun(plan, payload, machine, run_dir)
+        clock.mark("spawn")  # libkrun prepares, forks and restores in one call
+        return vm
+    return _start_qemu(plan, payload, machine, run_dir, clock)
 
 
 def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
@@ -219,7 +228,7 @@ def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_
 
 
 def _start_qemu(
-    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path
+    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
 ) -> QemuVm:
     qemu_machine = QemuMachine(
         guest_arch=payload.manifest().guest_arch,
@@ -229,11 +238,14 @@ def _start_qemu(
         cmdline=machine.kernel_cmdline,
         net=machine.net,
     )
-    disk_offset, disk_size = payload.section_file_range("disk")
+    # In place in the pack, or decoded once into the cache when stored compressed.
+    disk_path, disk_offset, disk_size = section_file(payload, "disk", "disk")
+    in_place = payload.sections["disk"].codec == Codec.NONE
     # A fresh overlay per run: the shipped base disk is never written.
     disk = RootDisk(
-        path=Path(payload.path).resolve(),
-        fd=payload.fileno(),  # the file ensure_verified hashed, not whatever the path is now
+        path=disk_path,
+        # In place: the very file ensure_verified hashed, not whatever the path is now.
+        fd=payload.fileno() if in_place else None,
         offset=disk_offset,
         size=disk_size,
         overlay=run_dir / "overlay.qcow2",
@@ -241,19 +253,31 @@ def _start_qemu(
     create_overlay(disk.overlay, disk)
     qemu, accel = str(plan.qemu), plan.accel or "tcg"
     if plan.state is None:
-        return QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
-    if len(plan.state.sections) != 1:
-        raise EngineError(f"QEMU state {plan.state.name} must be one section")
-    offset, _size = payload.section_file_range(plan.state.sections[0])
-    # QEMU reads the migration stream from this fd, from the section's start, in place.
-    fd = _reopen_verified(payload)
+        clock.mark("prepare")
+        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
+        clock.mark("spawn")  # the boot itself ends in the handshake
+        return vm
+    state = parse_state(plan.state)
+    ram = run_ram(payload, state, machine.memory_mib)  # None: RAM is in the stream (eager)
+    stream, offset, _size = section_file(payload, state.migration, "qemu-stream")
+    clock.mark("prepare")
+    # QEMU reads the migration stream from this fd, from the section's start: in place, a
+    # reopen of the verified file; decoded, the cache entry (digest-checked when made).
+    if payload.sections[state.migration].codec == Codec.NONE:
+        fd = _reopen_verified(payload)
+    else:
+        fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.lseek(fd, offset, os.SEEK_SET)
-        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd)
+        vm = QemuVm(
+            qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd, ram=ram
+        )
     finally:
         os.close(fd)
+    clock.mark("spawn")
     try:
         vm.wait_incoming()
+        clock.mark("load")
     except BaseException:
         vm.close()
         raise

@@ -14,6 +14,10 @@ Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine import
 - `--onefile --strip` plus `STUB_EXCLUDES`: 4.2 MB and ~90 ms to `--smol-version`, against
   8.3 MB and ~140 ms with the defaults (libcrypto via _hashlib, CJK codecs, unicodedata,
   decimal... which the run path never imports; hashlib falls back to the builtin sha256).
+- archive entries stored, not deflated (`STORED`): 10.4 MB, and ~30 % less start time.
+- no runtime hook for `inspect`: PyInstaller's (pyi_rth_inspect) imports inspect and
+  zipfile and lists base_library.zip at every start, to fix `inspect.getsourcefile` for
+  frozen code, which the launcher never calls (`_no_inspect_hook`).
 - the build takes ~10 s; the result is cached under a key of everything that goes in it.
 """
 
@@ -36,7 +40,7 @@ TARGETS = ("linux-x86_64", "linux-aarch64", "macos-arm64")
 ENV_STUB_DIR = "SMOLPACK_STUB_DIR"
 STUB_NAME = "smolstub"
 # Bump when the way a stub is built changes (it is part of the cache key).
-STUB_RECIPE = "1"
+STUB_RECIPE = "3"
 
 # Standard-library modules the launcher never imports but PyInstaller would bundle because
 # something imports them optionally. Each one excluded is size and extraction time saved
@@ -144,6 +148,21 @@ def build_stub(*, force: bool = False) -> Path:
     return cached_file("stubs", key, _freeze)
 
 
+def _no_inspect_hook(hooks: Path) -> Path:
+    """A hooks dir whose runtime hook for `inspect` does nothing.
+
+    User hook dirs come before PyInstaller's own, and the first runtime hooks defined for
+    a module win, so this replaces pyi_rth_inspect (an empty list would not: it defines
+    nothing). Measured: bench/bench_launcher.py.
+    """
+    (hooks / "rthooks").mkdir(parents=True)
+    (hooks / "rthooks.dat").write_text("{'inspect': ['pyi_rth_smolpack_inspect.py']}\n")
+    (hooks / "rthooks" / "pyi_rth_smolpack_inspect.py").write_text(
+        "# smolpack: no inspect.getsourcefile fix-up (see smolpack/stub_build.py)\n"
+    )
+    return hooks
+
+
 def _freeze(dest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="smolpack-stub-") as tmp:
         work = Path(tmp)
@@ -151,9 +170,8 @@ def _freeze(dest: Path) -> None:
         script.write_text(ENTRY_SCRIPT)
         package_parent = Path(smolpack.__file__).resolve().parent.parent
         argv = [
-            sys.executable, "-m", "PyInstaller", "--onefile", "--strip", "--noconfirm",
-            "--log-level", "ERROR", "--name", STUB_NAME,
-            "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
+            sys.executable, "-m", "PyInstaller.utils.cliutils.makespec", "--onefile",
+            "--strip", "--log-level", "ERROR", "--name", STUB_NAME,
             "--specpath", str(work), "--paths", str(package_parent),
             # lazily imported by the runner: make sure both engines and zstd are in
             "--hidden-import", "smolpack.engine.qemu", "--hidden-import", "zstandard",
@@ -162,10 +180,34 @@ def _freeze(dest: Path) -> None:
             argv += ["--hidden-import", module]
         for module in STUB_EXCLUDES:
             argv += ["--exclude-module", module]
+        argv += ["--additional-hooks-dir", str(_no_inspect_hook(work / "hooks"))]
         argv.append(str(script))
         res = subprocess.run(argv, capture_output=True, text=True, cwd=work)
+        if res.returncode == 0:
+            spec = _stored_uncompressed(work / f"{STUB_NAME}.spec")
+            argv = [
+                sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "ERROR",
+                "--distpath", str(work / "dist"), "--workpath", str(work / "build"), str(spec),
+            ]  # fmt: skip
+            res = subprocess.run(argv, capture_output=True, text=True, cwd=work)
         built = work / "dist" / STUB_NAME
         if res.returncode != 0 or not built.is_file():
             last = (res.stderr.strip().splitlines() or ["no output"])[-1]
             raise HostError(f"PyInstaller failed to build the launcher stub: {last}")
         shutil.copyfile(built, dest)
+
+
+# The archive's entries stored, not zlib-deflated: the bootloader unpacks libpython and the
+# extension modules (~9.5 MB) at every start, and inflating them was ~30 % of the start of
+# `--smol-version` (bench/bench_launcher.py); the stub grows from 4.2 to 10.4 MB.
+STORED = "cdict={'BINARY': False, 'EXTENSION': False, 'DATA': False, 'PYMODULE': False},"
+
+
+def _stored_uncompressed(spec: Path) -> Path:
+    """`spec` with EXE's `cdict` set to store every entry uncompressed (no CLI option)."""
+    text = spec.read_text()
+    anchor = f"    name='{STUB_NAME}',\n"
+    if text.count(anchor) != 1:
+        raise HostError(f"unexpected PyInstaller spec layout in {spec.name}: no EXE name line")
+    spec.write_text(text.replace(anchor, f"    {STORED}\n{anchor}"))
+    return spec

@@ -127,9 +127,23 @@ def _stub_dir() -> Path | None:
     " (KVM, Hypervisor.framework) and QEMU's, which restores on any host; krun or qemu: that"
     " engine's only (smaller, faster to build; other hosts boot it cold).",
 )
+@click.option(
+    "--compress/--no-compress",
+    default=True,
+    show_default=True,
+    help="Store the disk and the saved VM zstd-compressed (a pack several times smaller;"
+    " each machine decodes them once into its cache on the first run), or raw (read in"
+    " place: no first-run decoding, a bigger file to ship).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def create_cmd(
-    smolfile: Path, output: Path, fmt: str | None, target: str | None, states: str, quiet: bool
+    smolfile: Path,
+    output: Path,
+    fmt: str | None,
+    target: str | None,
+    states: str,
+    compress: bool,
+    quiet: bool,
 ) -> None:
     """Build a tool from a Smolfile: boot it, run its init steps, save the warm VM.
 
@@ -158,7 +172,7 @@ def create_cmd(
     except OSError as err:
         raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
-        build_payload(config, output, progress=progress, states=states)
+        build_payload(config, output, progress=progress, states=states, compress=compress)
     else:
         from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
@@ -176,7 +190,10 @@ def create_cmd(
         payload = output.with_name(f".{output.name}.payload-{os.urandom(4).hex()}")
         try:
             host_libs = (target, libs) if libs is not None else None
-            build_payload(config, payload, progress=progress, host_libs=host_libs, states=states)
+            build_payload(
+                config, payload, progress=progress, host_libs=host_libs, states=states,
+                compress=compress,
+            )  # fmt: skip
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output, target=target)
         finally:

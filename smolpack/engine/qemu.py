@@ -78,6 +78,48 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RamFile:
+    """Guest RAM backed by a file of exactly `memory_mib` (lazy memory, formats/qemu-state.md).
+
+    The build VM maps it shared: the guest writes through to the file, and the migration
+    stream leaves the RAM out (x-ignore-shared), so it holds device state only. A run maps
+    the same bytes private: QEMU reads no RAM at restore, pages fault in copy-on-write as
+    the guest touches them, and the file is never written.
+    """
+
+    path: Path  # the RAM file (a run's: the cached memory section)
+    shared: bool  # True for the build VM (saves by reference), False for a run (CoW)
+
+
+RAM_BACKEND_ID = "smolpack.ram"  # the RAM block's name in the migration stream
+
+
+def ram_file_args(machine: QemuMachine, ram: RamFile) -> list[str]:
+    """Arguments that put guest RAM on `ram` (added to `qemu_argv` for lazy-memory states)."""
+    path = str(ram.path).replace(",", ",,")  # QEMU's option syntax: ",," is a literal comma
+    share = "on" if ram.shared else "off"
+    return [
+        "-object",
+        f"memory-backend-file,id={RAM_BACKEND_ID},size={machine.memory_mib}M,"
+        f"mem-path={path},share={share},prealloc=off",
+        "-machine",
+        f"memory-backend={RAM_BACKEND_ID}",
+    ]
+
+
+def ignore_shared_ram(qmp: QmpClient) -> None:
+    """Turn on x-ignore-shared, needed on both ends of a lazy-memory state's stream.
+
+    The saving side then leaves shared RAM out of the stream, and the loading side expects
+    it left out (both write/read each RAM block's address in its place). QEMU 7.2 has no
+    command-line switch for it, so a restore starts with `-incoming defer` and gets it here
+    before `migrate-incoming`.
+    """
+    caps = [{"capability": "x-ignore-shared", "state": True}]
+    qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+
+
 def qemu_argv(
     machine: QemuMachine,
     disk: RootDisk,
@@ -88,6 +130,7 @@ def qemu_argv(
     agent_fd: int,
     console_fd: int,
     incoming_fd: int | None,
+    ram: RamFile | None = None,
 ) -> list[str]:
     """The QEMU command line for one VM (the single definition of the device model)."""
     if machine.guest_arch != "x86_64":
@@ -154,8 +197,11 @@ def qemu_argv(
         argv += ["-add-fd", f"fd={disk.fd},set={_DISK_FDSET}"]
     if machine.net:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+    if ram is not None:
+        argv += ram_file_args(machine, ram)
     if incoming_fd is not None:
-        argv += ["-incoming", f"fd:{incoming_fd}"]
+        # A lazy-memory restore sets a capability first (`_start_incoming`).
+        argv += ["-incoming", "defer" if ram is not None else f"fd:{incoming_fd}"]
     return argv
 
 
@@ -168,6 +214,12 @@ def create_overlay(path: Path, disk: RootDisk) -> None:
         write_empty_qcow2(path, disk.size)
     except (OSError, ValueError) as err:
         raise EngineError(f"cannot create the disk overlay {path}: {err}") from None
+
+
+def _start_incoming(qmp: QmpClient, incoming_fd: int) -> None:
+    """Load a lazy-memory state from `incoming_fd` (QEMU's copy of it: same number)."""
+    ignore_shared_ram(qmp)
+    qmp.execute("migrate-incoming", {"uri": f"fd:{incoming_fd}"})
 
 
 def _die_with_parent() -> None:
@@ -193,8 +245,10 @@ class QemuVm:
         accel: str = "tcg",
         incoming_fd: int | None = None,
         binary: str | None = None,
+        ram: RamFile | None = None,
     ) -> None:
         self.machine = machine
+        self.ram = ram
         self.console_log = run_dir / "console.log"
         self._console = ConsoleRecorder(self.console_log)
         qmp_ours, qmp_theirs = socket.socketpair()
@@ -210,6 +264,7 @@ class QemuVm:
             agent_fd=agent_theirs.fileno(),
             console_fd=self._console.engine_fd(),
             incoming_fd=incoming_fd,
+            ram=ram,
         )
         pass_fds = [qmp_theirs.fileno(), agent_theirs.fileno(), self._console.engine_fd()]
         pass_fds += [fd for fd in (incoming_fd, disk.fd) if fd is not None]
@@ -232,6 +287,8 @@ class QemuVm:
             self._console.started()
         try:
             self.qmp = QmpClient(qmp_ours, timeout_s=30.0)
+            if ram is not None and incoming_fd is not None:
+                _start_incoming(self.qmp, incoming_fd)
         except (EngineError, OSError) as exc:  # OSError: QEMU exited before its greeting
             self.close()
             raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
@@ -278,6 +335,8 @@ class QemuVm:
         same instant as the saved memory.
         """
         self.qmp.execute("stop")
+        if self.ram is not None and self.ram.shared:
+            ignore_shared_ram(self.qmp)  # the RAM file is saved by reference, not copied
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self.qmp.execute("getfd", {"fdname": "state"}, fds=[fd])

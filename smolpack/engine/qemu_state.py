@@ -1,61 +1,69 @@
-"""Whether this host's QEMU may load a saved QEMU state (run stage; create records the facts).
+"""The QEMU engine's saved state inside a pack (create and run stages; formats/qemu-state.md).
 
-QEMU only promises that a migration stream loads into the same QEMU version and machine
-type that wrote it (`microvm` is not a versioned machine type), and `-cpu max` under TCG is
-whatever that version emulates. So create records `qemu_version`, `machine` and `cpu` with
-the state (formats/smolmachine.md, "Manifest section"), and a run compares them with its own
-QEMU before restoring: any difference means a cold boot, with one line saying why.
+A QEMU state is one or two sections, named `<state>/<part>`:
 
-Asking QEMU its version costs ~70 ms (a process start), so it is cached by the binary's
-identity (path, inode, size, mtime, ctime): a run pays one stat and one small read.
-Stdlib only: the launcher imports this module.
+- `migration`: QEMU's migration stream (`migrate` to a file, loaded with `-incoming`);
+- `memory` (lazy layout): guest RAM as a raw file of exactly the machine's RAM size. The
+  stream then holds device state only (x-ignore-shared), and a run maps this file
+  copy-on-write instead of loading RAM from the stream: restore time stays flat in the
+  size of the saved RAM. Without it (eager layout, packs before issue 14) the stream
+  carries the RAM and QEMU reads all of it before the guest runs.
+
+Stdlib only: the launcher stub imports this module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from smolpack.cache import cached_file
-from smolpack.engine.qemu import CPU_MODEL, MACHINE
-from smolpack.errors import HostError
-from smolpack.host import qemu_version
+from smolpack.cache import cached_section
+from smolpack.engine.qemu import RamFile
+from smolpack.errors import EngineError
+from smolpack.payload import Payload
 from smolpack.payload.manifest import StateRef
 
-_LABELS = {"qemu_version": "QEMU", "machine": "machine", "cpu": "CPU model"}
+MIGRATION = "migration"
+MEMORY = "memory"
+# QEMU 7.2 opens mem-path O_RDWR even for a private mapping (the `rom` property that allows
+# O_RDONLY came in 8.2), so the owner may write the cached RAM file; QEMU never does.
+MEMORY_MODE = 0o600
 
 
-def qemu_facts(qemu: Path) -> dict[str, str]:
-    """What a state saved (or restored) by this QEMU binary depends on."""
-    return {"qemu_version": cached_qemu_version(qemu), "machine": MACHINE, "cpu": CPU_MODEL}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuState:
+    """The sections of one QEMU state."""
+
+    migration: str  # section holding the migration stream
+    memory: str | None  # section holding the RAM file; None: RAM is inside the stream
 
 
-def cached_qemu_version(qemu: Path) -> str:
-    real = os.path.realpath(qemu)
-    st = os.stat(real)
-    ident = f"{real}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    key = hashlib.sha256(ident.encode()).hexdigest()
-    try:
-        entry = cached_file(
-            "qemu-version", key, lambda tmp: tmp.write_text(qemu_version(Path(real)))
-        )
-        return entry.read_text()
-    except HostError:  # no writable cache (or QEMU does not run): ask it directly
-        return qemu_version(Path(real))
+def state_sections(name: str, *, lazy: bool) -> tuple[str, ...]:
+    """Section names of a QEMU state called `name`, in manifest order."""
+    return (f"{name}/{MIGRATION}", f"{name}/{MEMORY}") if lazy else (f"{name}/{MIGRATION}",)
 
 
-def restore_blocker(state: StateRef, qemu: Path) -> str | None:
-    """Why `qemu` must not load `state` (one clause), or None when it may try.
+def parse_state(state: StateRef) -> QemuState:
+    """The parts of `state`; EngineError when its sections are not one of the two layouts."""
+    sections = tuple(state.sections)
+    for lazy in (False, True):
+        if sections == state_sections(state.name, lazy=lazy):
+            return QemuState(migration=sections[0], memory=sections[1] if lazy else None)
+    raise EngineError(
+        f"QEMU state {state.name} must have sections {state.name}/{MIGRATION}"
+        f" [+ {state.name}/{MEMORY}], found {', '.join(sections) or 'none'}"
+    )
 
-    A state without recorded facts (packs made before they were recorded) is tried; if
-    QEMU refuses it, the run falls back to a cold boot all the same.
-    """
-    if not state.recorded:
+
+def run_ram(payload: Payload, state: QemuState, memory_mib: int) -> RamFile | None:
+    """The RAM file a run maps copy-on-write (materialized once per digest); None if eager."""
+    if state.memory is None:
         return None
-    here = qemu_facts(qemu)
-    for key, label in _LABELS.items():
-        saved = state.recorded.get(key)
-        if saved is not None and saved != here[key]:
-            return f"it was saved by {label} {saved}, this host has {here[key]}"
-    return None
+    raw_size = payload.sections[state.memory].raw_size
+    if raw_size != memory_mib << 20:
+        raise EngineError(
+            f"section {state.memory} holds {raw_size} bytes of RAM,"
+            f" the machine has {memory_mib} MiB"
+        )
+    path = cached_section(payload, state.memory, "qemu-memory", mode=MEMORY_MODE)
+    return RamFile(path=Path(path), shared=False)

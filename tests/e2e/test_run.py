@@ -34,7 +34,7 @@ def test_restore_runs_with_the_init_step_effects(
     res = run(test_pack, engine_env, "cat /root/init-was-here; echo $FROM_SMOLFILE", debug=True)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout == b"warmed-up\nyes\n"
-    assert f"smolpack: {engine} restore ".encode() in res.stderr
+    assert f"smolpack: {engine} restore\n".encode() in res.stderr
 
 
 def test_stdin_to_stdout_is_byte_exact_for_1_mib(
@@ -83,7 +83,7 @@ def test_run_builds_a_smolfile_once_then_restores(
     again = smolpack("run", "--debug", str(test_pack.parent), "--", "exit 4", env=engine_env)
     assert again.returncode == 4
     assert b"==> " not in again.stderr  # nothing built the second time
-    assert f"smolpack: {engine} restore ".encode() in again.stderr
+    assert f"smolpack: {engine} restore\n".encode() in again.stderr
 
 
 def test_default_cmd_when_no_args(test_pack: Path, engine_env: dict[str, str]) -> None:

@@ -147,7 +147,8 @@ def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str], engine: 
     assert (cold.returncode, cold.stdout) == (3, b"warm\n")
     debug = run_tool(tool, "--smol-debug", "true", env=user_dir)
     assert debug.returncode == 0
-    assert f"smolpack: {engine} restore ".encode() in debug.stderr
+    assert f"smolpack: {engine} restore\n".encode() in debug.stderr
+    assert b"smolpack: stages launcher=" in debug.stderr
     kept = [line for line in debug.stderr.decode().splitlines() if "run files kept in" in line]
     shutil.rmtree(kept[0].split(" in ", 1)[1])
     krun = run_tool(tool, "--smol-engine=krun", "true", env=user_dir)
