@@ -154,8 +154,6 @@ def test_guest_memory_faults_in_lazily(
     test_pack: Path, engine_env: dict[str, str], engine: str, tmp_path: Path
 ) -> None:
     """While a restored guest sleeps, the VMM's resident memory is far below its RAM."""
-    if engine == "qemu":
-        pytest.skip("QEMU reads the whole saved RAM on restore (issue 14: lazy memory)")
     env = {**engine_env, "XDG_RUNTIME_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         ["python", "-m", "smolpack", "run", str(test_pack), "--", "echo started; sleep 5"],
