@@ -37,7 +37,9 @@ def fake_helper(bin_dir: Path, name: str, *, user: str, secret: str, log: Path) 
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = bin_dir / f"docker-credential-{name}"
     if user:
-        answer = f"printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$server\""
+        answer = (
+            f'printf \'{{"ServerURL":"%s","Username":"{user}","Secret":"{secret}"}}\' "$server"'
+        )
     else:
         answer = "echo 'credentials not found in native keychain'; exit 1"
     script.write_text(

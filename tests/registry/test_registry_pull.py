@@ -20,7 +20,9 @@ from image_helpers import LAYER_GZIP, E, gz, make_tar, sha, write_oci
 from registry_helpers import Registry, base_env, free_port, smolpack_cli
 
 
-def unpack(env: dict[str, str], ref: str, dest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def unpack(
+    env: dict[str, str], ref: str, dest: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return smolpack_cli("image", "unpack", ref, str(dest), *extra, env=env)
 
 
@@ -38,8 +40,9 @@ def test_layers_whiteouts_and_config_defaults(images: Images, tmp_path: Path) ->
     assert (root / "etc/os-release").read_bytes() == b"ID=smoltest\n"
     assert not (root / "etc/gone").exists()  # .wh.gone in the zstd layer
     assert sorted(p.name for p in (root / "opt/d").iterdir()) == ["c"]  # opaque dir
-    assert res.stderr.splitlines()[-1] == f"unpacked registry image {images.base}@" + (
-        res.stderr.splitlines()[-1].split("@")[1]
+    assert (
+        res.stderr.splitlines()[-1]
+        == f"unpacked registry image {images.base}@" + (res.stderr.splitlines()[-1].split("@")[1])
     )
 
 
@@ -113,9 +116,7 @@ def test_tampered_layer_is_digest_mismatch_exit_11_and_nothing_cached(
     assert sha(layer)[7:] not in cached and not any(n.startswith(".") for n in cached)
 
 
-def test_offline_rebuild_from_cache_with_the_registry_gone(
-    images: Images, tmp_path: Path
-) -> None:
+def test_offline_rebuild_from_cache_with_the_registry_gone(images: Images, tmp_path: Path) -> None:
     # A registry of its own, so stopping it leaves the session's alone.
     reg = Registry(tmp_path / "reg").start()
     layer = gz(make_tar([E("hello", data=b"from the cache\n")]))
