@@ -1,4 +1,4 @@
-"""A real registry on loopback for the registry tests (Debian's `docker-registry`, distribution 2.x).
+"""A real registry on loopback for the tests (Debian's `docker-registry`, distribution 2.x).
 
 Each `Registry` is one `docker-registry serve` process with a temporary config:
 plain, htpasswd basic auth, or TLS with a CA made here by openssl. Images get in
