@@ -56,11 +56,18 @@ def make_ca_and_cert(d: Path) -> tuple[Path, Path, Path]:
 
 class Registry:
     def __init__(
-        self, root: Path, *, basic_auth: bool = False, tls: tuple[Path, Path] | None = None
+        self,
+        root: Path,
+        *,
+        basic_auth: bool = False,
+        tls: tuple[Path, Path] | None = None,
+        token: tuple[str, str, str, Path] | None = None,
     ) -> None:
+        """`token`: (realm, service, issuer, root cert bundle) for distribution's token auth."""
         self.root = root
         self.basic_auth = basic_auth
         self.tls = tls
+        self.token = token
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,6 +89,10 @@ class Registry:
             ).stdout.strip()
             htpasswd.write_text(line + "\n")
             config.append(f"auth:\n  htpasswd:\n    realm: smolpack-test\n    path: {htpasswd}")
+        if self.token:
+            realm, service, issuer, bundle = self.token
+            config.append(f"auth:\n  token:\n    realm: {realm}\n    service: {service}\n"
+                          f"    issuer: {issuer}\n    rootcertbundle: {bundle}")  # fmt: skip
         cfg = self.root / "config.yml"
         cfg.write_text("\n".join(config) + "\n")
         with (self.root / "registry.log").open("wb") as log:
