@@ -17,6 +17,7 @@ caches it per scope.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -39,6 +40,8 @@ TIMEOUT_S = 60.0  # per socket operation; a stalled registry ends with "unreacha
 JSON_MAX_BYTES = 4 << 20  # manifests and configs are KiBs
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 USER_AGENT = "smolpack"
+# What a broken connection raises below urllib: refused, reset, timeout, TLS, a garbled reply.
+NET_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,14 +235,14 @@ class RegistryClient:
             self._open(urllib.request.Request(self._url("/v2/"), method="GET")).close()
         except _HttpStatus as status:
             self._note_ping(status.response)
-        except (urllib.error.URLError, OSError) as err:
+        except NET_ERRORS as err:
             if plain_http_allowed(self.endpoint) and _is_not_tls(err):
                 self._scheme = "http"
                 try:
                     self._open(urllib.request.Request(self._url("/v2/"), method="GET")).close()
                 except _HttpStatus as status:
                     self._note_ping(status.response)
-                except (urllib.error.URLError, OSError) as err2:
+                except NET_ERRORS as err2:
                     raise self._unreachable(err2) from None
             else:
                 raise self._unreachable(err) from None
@@ -279,7 +282,7 @@ class RegistryClient:
                 return self._open(req)
             except _HttpStatus as status:
                 return status.response
-            except (urllib.error.URLError, OSError) as err:
+            except NET_ERRORS as err:
                 raise self._unreachable(err) from None
         finally:
             if data is not None and not isinstance(data, bytes):
@@ -357,7 +360,7 @@ class RegistryClient:
             if code in (401, 403):
                 raise self._refused() from None
             raise ImageError(f"token service {realm} answered HTTP {code}") from None
-        except (urllib.error.URLError, OSError) as err:
+        except NET_ERRORS as err:
             raise RegistryUnreachable(
                 f"token service {realm} is unreachable ({_reason(err)})"
             ) from None

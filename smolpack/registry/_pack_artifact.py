@@ -11,6 +11,7 @@ blobs the repository already has are skipped (HEAD).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ def _stream(client: RegistryClient, ref: Reference, digest: str, scope: str) -> 
         yield from client.stream(f"/v2/{ref.repository}/blobs/{digest}", scope=scope, what=what)
     except SmolpackError:
         raise
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:
         raise RegistryUnreachable(f"{what}: connection lost ({err})") from None
 
 
