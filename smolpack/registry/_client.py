@@ -276,7 +276,8 @@ class RegistryClient:
             if body is not None:
                 req.add_header("Content-Length", str(body.size()))
             auth = self._auth_header(scope)
-            if auth:
+            # An upload Location may point at another host (object storage): no token there.
+            if auth and urllib.parse.urlsplit(req.full_url).netloc == self.endpoint:
                 req.add_unredirected_header("Authorization", auth)
             try:
                 return self._open(req)
