@@ -19,6 +19,7 @@ state is built, and the progress output says why.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
@@ -46,9 +47,9 @@ from smolpack.engine.qemu import (
 )
 from smolpack.engine.qemu_compat import qemu_facts
 from smolpack.engine.qemu_state import state_sections
-from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
+from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError, SmolfileError
 from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
-from smolpack.image import prepare_rootfs
+from smolpack.image import goarch, prepare_rootfs, prepare_rootfs_from_source
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
 from smolpack.pack_libs import section_names
@@ -56,7 +57,10 @@ from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, cre
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
 from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
-from smolpack.smolfile import SmolConfig, require_local_image
+from smolpack.smolfile import ImageRef, SmolConfig, require_image
+
+if TYPE_CHECKING:
+    from smolpack.registry import Platform
 
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
@@ -77,8 +81,11 @@ def build_payload(
     states: str = "auto",
     lazy_memory: bool = True,
     compress: bool = True,
+    offline: bool = False,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
+
+    `offline`: a registry image must come from the blob cache (formats/registry.md).
 
     `host_libs` (target, libraries): carry that host's libkrun + libkrunfw in the pack
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
@@ -96,14 +103,24 @@ def build_payload(
     krun_ok, krun_why = krun_buildable()
     if states == "krun" and not krun_ok:
         raise HostError(f"cannot build a krun state here: {krun_why}", hint="use --state=qemu")
-    image = require_local_image(config)
-    assert image.path is not None
+    image = require_image(config)
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
     try:
-        with progress.step(f"Unpacking image {image.raw}"):
-            tree = work / "rootfs"
-            tree.mkdir()
-            defaults = prepare_rootfs(image.path, tree, arch=GUEST_ARCH)
+        tree = work / "rootfs"
+        tree.mkdir()
+        if image.is_registry_ref:
+            from smolpack.registry import pull_image
+
+            with progress.step(f"Pulling image {image.raw} ({pull_platform(config)})"):
+                pulled = pull_image(
+                    image.raw, platform=pull_platform(config), progress=progress, offline=offline
+                )
+            with progress.step(f"Unpacking image {pulled.reference}"):
+                defaults = prepare_rootfs_from_source(pulled.source(), tree, arch=GUEST_ARCH)
+        else:
+            assert image.path is not None
+            with progress.step(f"Unpacking image {image.raw}"):
+                defaults = prepare_rootfs(image.path, tree, arch=GUEST_ARCH)
         with progress.step("Making the disk image"):
             base = work / "base.raw"
             agent = agent_binary(GUEST_ARCH)
@@ -385,13 +402,54 @@ def input_digest(config: SmolConfig, states: str = "auto") -> str:
     described = config.to_dict()
     described.pop("source", None)
     h.update(json.dumps(described, sort_keys=True).encode())
-    image = require_local_image(config)
-    assert image.path is not None
-    _hash_tree(h, image.path)
+    image = require_image(config)
+    if image.path is not None:
+        _hash_tree(h, image.path)
+    # A registry image is named by digest in `described` (see `pin_image`).
     h.update(agent_binary(GUEST_ARCH).read_bytes())
     libs = find_runtime_libs()
     h.update(hashlib.sha256(Path(libs.libkrunfw_path).read_bytes()).digest())
     return h.hexdigest()
+
+
+def pull_platform(config: SmolConfig) -> Platform:
+    """The platform to pull a registry image for: `[artifact] oci_platform`, else the guest's.
+
+    The guest architecture is fixed by the build VM, whatever `--target` says (the stub's
+    host), so an `oci_platform` naming another architecture cannot be built.
+    """
+    from smolpack.registry import Platform
+
+    want = goarch(GUEST_ARCH)
+    if config.oci_platform is None:
+        return Platform(architecture=want)
+    _os, arch, *variant = config.oci_platform.split("/")
+    if arch != want:
+        raise SmolfileError(
+            config.source_name,
+            f"oci_platform {config.oci_platform}: smolpack builds linux/{want} guests"
+            f" ({GUEST_ARCH}) only",
+        )
+    return Platform(architecture=arch, variant=variant[0] if variant else None)
+
+
+def pin_image(config: SmolConfig, *, offline: bool = False) -> SmolConfig:
+    """`config` with a registry image by tag pinned to the digest the tag names now.
+
+    One manifest request (none with `offline`: the digest the tag had when last pulled),
+    so `smolpack run`'s cache key and the build name the same bytes.
+    """
+    image = require_image(config)
+    if not image.is_registry_ref:
+        return config
+    from smolpack.registry import parse_reference, resolve_digest
+
+    ref = parse_reference(image.raw)
+    if ref.digest is not None:
+        return config
+    digest = resolve_digest(image.raw, offline=offline)
+    pinned = ImageRef(raw=f"{ref}@{digest}", kind=image.kind, path=None, line=image.line)
+    return dataclasses.replace(config, image=pinned)
 
 
 def _hash_tree(h: hashlib._Hash, root: Path) -> None:

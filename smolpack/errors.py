@@ -71,6 +71,41 @@ class ImageError(SmolpackError):
     exit_code = 6
 
 
+# -- registries (formats/registry.md, "Errors") -------------------------------
+# Subclasses of ImageError: a reference that cannot be pulled is an image that cannot be
+# used, but each cause has its own code so scripts can tell them apart.
+
+
+class RegistryNotFound(ImageError):
+    """The repository, tag or digest does not exist in the registry."""
+
+    exit_code = 7
+
+
+class RegistryUnauthorized(ImageError):
+    """The registry refused our credentials (or wants some and we have none)."""
+
+    exit_code = 8
+
+
+class NoPlatformImage(ImageError):
+    """The image has no variant for the platform the guest needs."""
+
+    exit_code = 9
+
+
+class RegistryUnreachable(ImageError):
+    """No answer from the registry (DNS, connection, TLS, proxy), or `--offline` forbids it."""
+
+    exit_code = 10
+
+
+class RegistryDigestMismatch(ImageError):
+    """A manifest or blob from the registry does not match its digest."""
+
+    exit_code = 11
+
+
 # -- payload damage (formats/smolmachine.md, "Errors") ------------------------
 
 

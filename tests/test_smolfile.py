@@ -183,8 +183,20 @@ def test_ignored_sections_accept_any_content_and_warn_in_file_order(proj: Path) 
         " (a pack runs one command, not a service)",
         f"{proj}/Smolfile:5: warning: '[secrets]' is ignored by smolpack"
         " (packs carry no secret references)",
-        f"{proj}/Smolfile:8: warning: 'artifact.oci_platform' is ignored by smolpack"
-        " (images are local; their platform is fixed)",
+    )
+    # oci_platform picks what a registry image is pulled for (formats/registry.md)
+    assert cfg.artifact.oci_platform == "linux/amd64"
+    assert cfg.packed().oci_platform == "linux/amd64"
+
+
+def test_oci_platform_is_normalized_or_refused_with_its_line(proj: Path) -> None:
+    cfg = load(proj, 'image = "./rootfs"\n[pack]\noci_platform = "linux/aarch64/v8"\n')
+    assert cfg.packed().oci_platform == "linux/arm64/v8"
+    with pytest.raises(SmolfileError) as exc:
+        load(proj, 'image = "./rootfs"\n[artifact]\noci_platform = "windows/amd64"\n')
+    assert str(exc.value) == (
+        f"{proj}/Smolfile:3: oci_platform 'windows/amd64' must be linux/amd64 or linux/arm64"
+        " (optionally /<variant>)"
     )
 
 

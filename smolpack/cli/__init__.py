@@ -41,12 +41,16 @@ def _register() -> None:
         _doctor_cmds,
         _image_cmds,
         _payload_cmds,
+        _registry_cmds,
         _run_cmds,
         _smolfile_cmds,
         _stub_cmds,
     )
 
-    modules = (_run_cmds, _smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds, _stub_cmds)
+    modules = (
+        _run_cmds, _registry_cmds, _smolfile_cmds, _payload_cmds, _image_cmds, _doctor_cmds,
+        _stub_cmds,
+    )  # fmt: skip
     for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -52,19 +52,38 @@ def image() -> None:
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--arch", type=ARCH_CHOICES, default="x86_64", show_default=True)
-def unpack(image_path: Path, dest: Path, arch: str) -> None:
+@click.option("--offline", is_flag=True, help="A registry IMAGE must come from the cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No pull progress.")
+def unpack(image_path: Path, dest: Path, arch: str, offline: bool, quiet: bool) -> None:
     """Unpack IMAGE into DEST (absent or empty) and print the image's defaults as JSON.
+
+    IMAGE that is not an existing path is pulled as a registry reference.
 
     \b
     Example:
       smolpack image unpack ./alpine-oci ./rootfs
+      smolpack image unpack alpine:3.20 ./rootfs --arch aarch64
     """
-    from smolpack.image import detect_kind, prepare_rootfs
+    from smolpack.image import detect_kind, goarch, prepare_rootfs, prepare_rootfs_from_source
 
     _show_warnings()
-    kind = detect_kind(image_path)
-    defaults = prepare_rootfs(image_path, dest, arch=arch)
-    click.echo(f"unpacked {kind.value} {image_path} into {dest}", err=True)
+    if not image_path.exists() and not str(image_path).startswith(("/", ".", "~")):
+        from smolpack.progress import Progress
+        from smolpack.registry import Platform, pull_image
+
+        pulled = pull_image(
+            str(image_path),
+            platform=Platform(architecture=goarch(arch)),
+            progress=Progress(quiet=quiet),
+            offline=offline,
+        )
+        defaults = prepare_rootfs_from_source(pulled.source(), dest, arch=arch)
+        what = f"registry image {pulled.reference}"
+    else:
+        kind = detect_kind(image_path)
+        defaults = prepare_rootfs(image_path, dest, arch=arch)
+        what = f"{kind.value} {image_path}"
+    click.echo(f"unpacked {what} into {dest}", err=True)
     doc = {
         "env": dict(defaults.env),
         "workdir": defaults.workdir,

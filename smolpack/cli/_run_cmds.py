@@ -35,6 +35,12 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
     return config.packed()
 
 
+_OFFLINE_HELP = (
+    "Never contact a registry: a registry image must already be in the cache"
+    " (pinned by digest, or a tag pulled before)."
+)
+
+
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -49,8 +55,15 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
 )
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
+@click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
 def run_cmd(
-    target: Path, args: tuple[str, ...], cold: bool, engine: str, debug: bool, quiet: bool
+    target: Path,
+    args: tuple[str, ...],
+    cold: bool,
+    engine: str,
+    debug: bool,
+    quiet: bool,
+    offline: bool,
 ) -> None:
     """Run a Smolfile's machine (building what is missing) or a .smolmachine pack.
 
@@ -69,10 +82,10 @@ def run_cmd(
     if _is_payload(target):
         pack = target
     else:
-        from smolpack.build import build_payload, input_digest
+        from smolpack.build import build_payload, input_digest, pin_image
         from smolpack.cache import cached_file
 
-        config = _load(target)
+        config = pin_image(_load(target), offline=offline)
         if engine == "krun":
             from smolpack.engine.krun import require_hypervisor
 
@@ -83,7 +96,11 @@ def run_cmd(
         states = engine if engine in ("krun", "qemu") else "auto"
         key = input_digest(config, states)
         pack = cached_file(
-            "packs", key, lambda tmp: build_payload(config, tmp, progress=progress, states=states)
+            "packs",
+            key,
+            lambda tmp: build_payload(
+                config, tmp, progress=progress, states=states, offline=offline
+            ),
         )
     code = run_payload(pack, list(args), options)
     raise SystemExit(code)
@@ -136,6 +153,7 @@ def _stub_dir() -> Path | None:
     " place: no first-run decoding, a bigger file to ship).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
 def create_cmd(
     smolfile: Path,
     output: Path,
@@ -144,6 +162,7 @@ def create_cmd(
     states: str,
     compress: bool,
     quiet: bool,
+    offline: bool,
 ) -> None:
     """Build a tool from a Smolfile: boot it, run its init steps, save the warm VM.
 
@@ -156,7 +175,7 @@ def create_cmd(
       smolpack create -o hello.smolmachine examples/hello
       smolpack run hello.smolmachine -- world
     """
-    from smolpack.build import build_payload
+    from smolpack.build import build_payload, pin_image
 
     if output.is_dir():
         raise UsageError(f"{output} is a directory; give the file to write")
@@ -164,7 +183,7 @@ def create_cmd(
         fmt = "smolmachine" if output.suffix == ".smolmachine" else "exe"
     if fmt == "smolmachine" and target is not None:
         raise UsageError("--target applies to executables; a .smolmachine runs on any host")
-    config = _load(smolfile)
+    config = pin_image(_load(smolfile), offline=offline)
     progress = Progress(quiet=quiet)
     output = output.resolve()
     try:
@@ -172,7 +191,9 @@ def create_cmd(
     except OSError as err:
         raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
-        build_payload(config, output, progress=progress, states=states, compress=compress)
+        build_payload(
+            config, output, progress=progress, states=states, compress=compress, offline=offline
+        )
     else:
         from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
@@ -192,7 +213,7 @@ def create_cmd(
             host_libs = (target, libs) if libs is not None else None
             build_payload(
                 config, payload, progress=progress, host_libs=host_libs, states=states,
-                compress=compress,
+                compress=compress, offline=offline,
             )  # fmt: skip
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output, target=target)

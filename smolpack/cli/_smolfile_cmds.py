@@ -25,7 +25,7 @@ def format_config(config: SmolConfig) -> str:
     if image is None:
         rows.append(("image", "(none)"))
     elif image.is_registry_ref:
-        rows.append(("image", f"{image.raw} (registry reference; not pulled by smolpack yet)"))
+        rows.append(("image", f"{image.raw} (registry reference; pulled by create and run)"))
     else:
         rows.append(("image", f"{image.raw} ({image.kind} at {image.path})"))
     rows += [("entrypoint", _words(config.entrypoint)), ("cmd", _words(config.cmd))]

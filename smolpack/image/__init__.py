@@ -8,6 +8,21 @@ root tree and returns the image's defaults (Env, WorkingDir, Entrypoint, Cmd).
 from __future__ import annotations
 
 from smolpack.image._config import ImageDefaults
-from smolpack.image._resolve import ImageKind, detect_kind, prepare_rootfs
+from smolpack.image._oci import BlobSource
+from smolpack.image._resolve import (
+    ImageKind,
+    detect_kind,
+    goarch,
+    prepare_rootfs,
+    prepare_rootfs_from_source,
+)
 
-__all__ = ["ImageDefaults", "ImageKind", "detect_kind", "prepare_rootfs"]
+__all__ = [
+    "BlobSource",
+    "ImageDefaults",
+    "ImageKind",
+    "detect_kind",
+    "goarch",
+    "prepare_rootfs",
+    "prepare_rootfs_from_source",
+]

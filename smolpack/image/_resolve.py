@@ -15,7 +15,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from smolpack.errors import ImageError
@@ -116,6 +116,21 @@ def prepare_rootfs(image_path: Path, dest_dir: Path, *, arch: str = "x86_64") ->
     """
     want = goarch(arch)
     kind = detect_kind(image_path)
+    return _into(dest_dir, lambda writer: _fill(kind, image_path, writer, want), str(image_path))
+
+
+def prepare_rootfs_from_source(
+    src: BlobSource, dest_dir: Path, *, arch: str = "x86_64"
+) -> ImageDefaults:
+    """`prepare_rootfs` for an image given as a BlobSource shaped like an OCI layout.
+
+    Used for images pulled from a registry (`smolpack.registry`): same checks, same tree.
+    """
+    want = goarch(arch)
+    return _into(dest_dir, lambda writer: _run_plan(src, plan_oci, writer, want), src.label)
+
+
+def _into(dest_dir: Path, fill: Callable[[TreeWriter], ImageDefaults], label: str) -> ImageDefaults:
     created = not dest_dir.exists()
     if created:
         dest_dir.mkdir(parents=True)
@@ -123,7 +138,7 @@ def prepare_rootfs(image_path: Path, dest_dir: Path, *, arch: str = "x86_64") ->
         raise ImageError(f"destination {dest_dir} exists and is not an empty directory")
     writer = TreeWriter(dest_dir)
     try:
-        defaults = _fill(kind, image_path, writer, want)
+        defaults = fill(writer)
         writer.finish()
     except BaseException:
         writer.close()
@@ -131,13 +146,13 @@ def prepare_rootfs(image_path: Path, dest_dir: Path, *, arch: str = "x86_64") ->
         raise
     writer.close()
     if not writer.keep_owner:
-        log.warning("not running as root: file owners from %s are not kept", image_path)
+        log.warning("not running as root: file owners from %s are not kept", label)
     if writer.xattr_failures:
         log.warning("%d extended attributes could not be set", writer.xattr_failures)
     if writer.skipped_special:
         log.warning(
             "%s: skipped %d device nodes, FIFOs and sockets (the guest mounts its own /dev)",
-            image_path,
+            label,
             writer.skipped_special,
         )
     return defaults

@@ -1,7 +1,7 @@
 """Stage: create, Smolfile. Public API of the Smolfile parser (formats/smolfile.md).
 
 config = load_smolfile("examples/hello")      # a file or its directory
-image = require_local_image(config)           # refuses registry refs for now
+image = require_image(config)                 # a local path or a registry reference
 packed = config.packed()                      # [artifact] overrides applied
 manifest_part = packed.to_dict()              # JSON-able
 """
@@ -22,6 +22,7 @@ from smolpack.smolfile._model import (
     PortMapping,
     SmolConfig,
     Volume,
+    require_image,
     require_local_image,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "SmolConfig",
     "Volume",
     "load_smolfile",
+    "require_image",
     "require_local_image",
 ]

@@ -62,10 +62,7 @@ IGNORED_KEYS: dict[str, str] = {
     "fork": "no VM forking in packs",
     "auth": "no credential forwarding in packs",
 }
-_IGNORED_IN_SECTION: dict[KeyPath, str] = {
-    ("artifact", "oci_platform"): "images are local; their platform is fixed",
-    ("pack", "oci_platform"): "images are local; their platform is fixed",
-}
+_IGNORED_IN_SECTION: dict[KeyPath, str] = {}
 
 T = TypeVar("T")
 
@@ -326,6 +323,7 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
             r.strings(artifact, (artifact_key, "entrypoint"), allow_empty_items=False)
         ),
         cmd=tuple(r.strings(artifact, (artifact_key, "cmd"))),
+        oci_platform=_oci_platform(r, artifact, (artifact_key, "oci_platform")),
     )
     if image is None:
         r.warn((), "no 'image' set; 'smolpack create' will need a local image")
@@ -349,6 +347,13 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
         artifact=overrides,
         warnings=r.warnings,
     )
+
+
+def _oci_platform(r: _Reader, table: dict[str, Any], path: KeyPath) -> str | None:
+    text = r.string(table, path)
+    if text is None:
+        return None
+    return r.parsed(path, _values.parse_oci_platform, text)
 
 
 def _image(r: _Reader, doc: dict[str, Any]) -> ImageRef | None:

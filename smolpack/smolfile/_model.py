@@ -89,6 +89,7 @@ class ArtifactOverrides:
     memory_mib: int | None = None  # replaces `memory` when set
     entrypoint: tuple[str, ...] = ()  # replaces `entrypoint` when non-empty (smolvm rule)
     cmd: tuple[str, ...] = ()  # replaces `cmd` when non-empty (smolvm rule)
+    oci_platform: str | None = None  # "linux/<arch>[/<variant>]" to pull; None = the guest's
 
     @property
     def is_empty(self) -> bool:
@@ -100,6 +101,8 @@ class ArtifactOverrides:
             "memory_mib": self.memory_mib,
             "entrypoint": list(self.entrypoint),
             "cmd": list(self.cmd),
+            # only when set, so configs without it describe (and digest) as before
+            **({"oci_platform": self.oci_platform} if self.oci_platform else {}),
         }
 
 
@@ -122,6 +125,7 @@ class SmolConfig:
     ports: tuple[PortMapping, ...] = ()  # host -> guest TCP forwards, at most 64
     network: NetworkPolicy = NetworkPolicy()  # egress allow lists
     artifact: ArtifactOverrides = ArtifactOverrides()  # overrides for the packed result
+    oci_platform: str | None = None  # platform to pull a registry image for (from [artifact])
     warnings: tuple[str, ...] = ()  # full warning lines, for the CLI to print
 
     def packed(self) -> SmolConfig:
@@ -136,6 +140,7 @@ class SmolConfig:
             memory_mib=art.memory_mib if art.memory_mib is not None else self.memory_mib,
             entrypoint=art.entrypoint or self.entrypoint,
             cmd=art.cmd or self.cmd,
+            oci_platform=art.oci_platform or self.oci_platform,
             artifact=ArtifactOverrides(),
         )
 
@@ -156,6 +161,7 @@ class SmolConfig:
             "ports": [p.to_dict() for p in self.ports],
             "network": self.network.to_dict(),
             "artifact": self.artifact.to_dict(),
+            **({"oci_platform": self.oci_platform} if self.oci_platform else {}),
             "warnings": list(self.warnings),
         }
 
@@ -165,6 +171,17 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def require_image(config: SmolConfig) -> ImageRef:
+    """The config's image, local or a registry reference; refuse a Smolfile without one."""
+    if config.image is None:
+        raise SmolfileError(
+            config.source_name,
+            "no 'image' set; smolpack needs an image (a registry reference like alpine:3.20,"
+            " a rootfs directory, tarball, OCI layout or docker archive)",
+        )
+    return config.image
 
 
 def require_local_image(config: SmolConfig) -> ImageRef:

@@ -107,6 +107,20 @@ def parse_image(raw: str, base_dir: Path, line: int | None) -> ImageRef:
     )
 
 
+_OCI_ARCH = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+
+
+def parse_oci_platform(text: str) -> str:
+    """`[artifact] oci_platform`: `linux/amd64`, `linux/arm64[/v8]` (smolvm's pull platform)."""
+    parts = text.split("/")
+    if len(parts) in (2, 3) and parts[0] == "linux" and parts[1] in _OCI_ARCH:
+        if len(parts) == 2 or re.fullmatch(r"v[0-9]+", parts[2]):
+            return "/".join(["linux", _OCI_ARCH[parts[1]], *parts[2:]])
+    raise ValueProblem(
+        f"oci_platform '{text}' must be linux/amd64 or linux/arm64 (optionally /<variant>)"
+    )
+
+
 def parse_env(entry: str) -> tuple[str, str]:
     """`KEY=VALUE`; surrounding whitespace is trimmed as smolvm does."""
     text = entry.strip()
