@@ -516,11 +516,22 @@ def test_an_interrupted_start_leaves_no_vmm_child(
     def interrupted(fd: int, timeout_s: float) -> str:
         raise KeyboardInterrupt
 
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
     monkeypatch.setattr(krun, "_read_status", interrupted)
+    monkeypatch.setattr(os, "fork", fork)
     with pytest.raises(KeyboardInterrupt):
         KrunVm(find_runtime_libs(), spec_for(tmp_path))
-    with pytest.raises(ChildProcessError):  # reaped: no child of ours is left, not even dead
-        os.waitpid(-1, os.WNOHANG)
+    (pid,) = forked
+    with pytest.raises(ChildProcessError):  # killed and reaped: not even a zombie is left
+        os.waitpid(pid, os.WNOHANG)
 
 
 def test_configure_keeps_what_it_hands_to_libkrun_alive(tmp_path: Path) -> None:
