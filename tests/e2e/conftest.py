@@ -55,12 +55,11 @@ def e2e_env(cache_dir: Path) -> dict[str, str]:
     return {**os.environ, "SMOLPACK_CACHE_DIR": str(cache_dir)}
 
 
-@pytest.fixture(scope="session")
-def test_pack(
-    tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str], engine: str
+def make_test_pack(
+    tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str], state: str
 ) -> Path:
     """A pack whose init step leaves a file behind; runs `sh -c ...` given as args."""
-    root = tmp_path_factory.mktemp(f"pack-{engine}")
+    root = tmp_path_factory.mktemp(f"pack-{state}")
     make_busybox_rootfs(root / "rootfs")
     (root / "Smolfile").write_text(
         'image = "./rootfs"\n'
@@ -72,9 +71,23 @@ def test_pack(
         'init = ["echo warmed-up > /root/init-was-here", "echo init-output"]\n'
     )
     out = root / "test.smolmachine"
-    res = smolpack("create", f"--state={engine}", "-o", str(out), str(root), env=e2e_env)
+    res = smolpack("create", f"--state={state}", "-o", str(out), str(root), env=e2e_env)
     assert res.returncode == 0, res.stderr.decode()
     return out
+
+
+@pytest.fixture(scope="session")
+def test_pack(
+    tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str], engine: str
+) -> Path:
+    """The test pack with `engine`'s state only (the shared tests run it under `engine`)."""
+    return make_test_pack(tmp_path_factory, e2e_env, engine)
+
+
+@pytest.fixture(scope="session")
+def qemu_pack(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str]) -> Path:
+    """The test pack with QEMU's state only, for the tests of QEMU's own behaviour."""
+    return make_test_pack(tmp_path_factory, e2e_env, "qemu")
 
 
 @pytest.fixture(autouse=True)

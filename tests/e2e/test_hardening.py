@@ -41,12 +41,12 @@ def test_create_and_run_where_every_path_holds_a_comma(
 
 
 def test_a_pack_deleted_after_it_was_opened_runs_from_the_verified_fd(
-    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+    tmp_path: Path, qemu_pack: Path, e2e_env: dict[str, str]
 ) -> None:
     # QEMU used to reopen the pack by path after verification; here the path is gone (a
     # path swapped after the check is the same hazard). It must read the open file.
     pack = tmp_path / "doomed.smolmachine"
-    shutil.copy(test_pack, pack)
+    shutil.copy(qemu_pack, pack)
     fd = os.open(pack, os.O_RDONLY)
     try:
         pack.unlink()
@@ -63,7 +63,7 @@ def test_a_pack_deleted_after_it_was_opened_runs_from_the_verified_fd(
 
 
 def test_runs_with_no_qemu_img_on_path(
-    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+    tmp_path: Path, qemu_pack: Path, e2e_env: dict[str, str]
 ) -> None:
     # Debian's qemu-system-x86 only recommends qemu-utils; a run used to die with
     # `internal error: FileNotFoundError` creating its overlay with qemu-img.
@@ -73,7 +73,7 @@ def test_runs_with_no_qemu_img_on_path(
     assert qemu is not None
     (bin_dir / "qemu-system-x86_64").symlink_to(qemu)
     env = {**e2e_env, "PATH": str(bin_dir)}
-    res = smolpack("run", str(test_pack), "--", "echo no-qemu-img", env=env)
+    res = smolpack("run", str(qemu_pack), "--", "echo no-qemu-img", env=env)
     assert (res.returncode, res.stdout, res.stderr) == (0, b"no-qemu-img\n", b"")
 
 
@@ -94,12 +94,12 @@ def run_clean(pack: Path, env: dict[str, str], tmp: Path, script: str):  # type:
 
 
 def test_state_recorded_by_another_qemu_version_boots_cold(
-    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+    tmp_path: Path, qemu_pack: Path, e2e_env: dict[str, str]
 ) -> None:
     def older_qemu(obj: dict[str, Any]) -> None:
         obj["states"][0]["recorded"]["qemu_version"] = "6.0.0"
 
-    pack = rewrite_pack(test_pack, tmp_path / "old.smolmachine", manifest=older_qemu)
+    pack = rewrite_pack(qemu_pack, tmp_path / "old.smolmachine", manifest=older_qemu)
     # /root/init-was-here exists in the saved state's disk too: the cold boot runs the same
     # pack (its disk is the build's flattened one), just without the warm memory.
     res = run_clean(pack, e2e_env, tmp_path / "tmp", "cat /root/init-was-here; exit 3")
@@ -112,12 +112,12 @@ def test_state_recorded_by_another_qemu_version_boots_cold(
 
 
 def test_a_migration_stream_qemu_refuses_boots_cold(
-    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+    tmp_path: Path, qemu_pack: Path, e2e_env: dict[str, str]
 ) -> None:
     def damage(data: bytearray) -> None:
         data[:8] = b"NOTQEVM!"  # resealed: the digests match, QEMU refuses the stream
 
-    pack = rewrite_pack(test_pack, tmp_path / "bad.smolmachine", section=(STREAM, damage))
+    pack = rewrite_pack(qemu_pack, tmp_path / "bad.smolmachine", section=(STREAM, damage))
     res = run_clean(pack, e2e_env, tmp_path / "tmp", "echo still-runs")
     assert (res.returncode, res.stdout) == (0, b"still-runs\n")
     assert res.stderr.decode() == (
@@ -127,12 +127,12 @@ def test_a_migration_stream_qemu_refuses_boots_cold(
 
 
 def test_a_damaged_state_section_boots_cold_but_a_damaged_disk_is_refused(
-    tmp_path: Path, test_pack: Path, e2e_env: dict[str, str]
+    tmp_path: Path, qemu_pack: Path, e2e_env: dict[str, str]
 ) -> None:
     from smolpack.payload import open_payload
 
     pack = tmp_path / "flipped.smolmachine"
-    shutil.copy(test_pack, pack)
+    shutil.copy(qemu_pack, pack)
     with open_payload(pack) as p:
         state_at, _ = p.section_file_range(STREAM)
         disk_at, _ = p.section_file_range("disk")

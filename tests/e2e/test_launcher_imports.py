@@ -72,12 +72,12 @@ main(["echo ran"], pack={pack!r})
 """
 
 
-def test_run_path_imports_only_the_allowlist(test_pack: Path, e2e_env: dict[str, str]) -> None:
+def test_run_path_imports_only_the_allowlist(qemu_pack: Path, e2e_env: dict[str, str]) -> None:
     # A packed tool carries its libkrun; point at the installed one so that the lookup
     # for a bare .smolmachine takes the same cheap path (no importlib.metadata).
     env = {**e2e_env, ENV_DIR: str(find_runtime_libs().libkrun_path.parent)}
     res = subprocess.run(
-        [sys.executable, "-I", "-c", SCRIPT.format(repo=str(REPO), pack=str(test_pack))],
+        [sys.executable, "-I", "-c", SCRIPT.format(repo=str(REPO), pack=str(qemu_pack))],
         capture_output=True,
         text=True,
         env=env,
