@@ -31,7 +31,11 @@ SMOLPACK_MODULES = {
     "smolpack.cache",
     "smolpack.engine",
     "smolpack.engine.console",
+    "smolpack.engine.console_log",
+    "smolpack.engine.qcow2",
     "smolpack.engine.qemu",
+    "smolpack.engine.qemu_compat",
+    "smolpack.engine.qemu_state",
     "smolpack.engine.qmp",
     "smolpack.engine.select",
     "smolpack.errors",
@@ -51,6 +55,7 @@ SMOLPACK_MODULES = {
     "smolpack.run_files",
     "smolpack.runner",
     "smolpack.runtime_libs",
+    "smolpack.stages",
 }
 # Other top-level modules it may load (private `_x` accelerators aside, which differ
 # between Python versions). ast/dis/inspect/tokenize come with dataclasses.
