@@ -40,7 +40,7 @@ from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, 
 from smolpack.engine.qemu_state import qemu_facts
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
 from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
-from smolpack.image import prepare_rootfs
+from smolpack.image import image_locales, prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
 from smolpack.pack_libs import section_names
@@ -78,6 +78,7 @@ def build_payload(
             tree = work / "rootfs"
             tree.mkdir()
             defaults = prepare_rootfs(image.path, tree, arch=GUEST_ARCH)
+            locales = image_locales(tree)  # which of a user's LANG/LC_* runs may pass on
         with progress.step("Making the disk image"):
             base = work / "base.raw"
             agent = agent_binary(GUEST_ARCH)
@@ -95,6 +96,7 @@ def build_payload(
             env=merge_env(defaults.env, config.env),
             workdir=config.workdir or defaults.workdir or "",
             kernel_cmdline=KERNEL_CMDLINE,
+            locales=locales,
         )
         qemu_machine = QemuMachine(
             guest_arch=GUEST_ARCH,

@@ -8,6 +8,7 @@ root tree and returns the image's defaults (Env, WorkingDir, Entrypoint, Cmd).
 from __future__ import annotations
 
 from smolpack.image._config import ImageDefaults
+from smolpack.image._locales import image_locales
 from smolpack.image._resolve import ImageKind, detect_kind, prepare_rootfs
 
-__all__ = ["ImageDefaults", "ImageKind", "detect_kind", "prepare_rootfs"]
+__all__ = ["ImageDefaults", "ImageKind", "detect_kind", "image_locales", "prepare_rootfs"]
