@@ -62,11 +62,11 @@ def test_image_locales_from_dirs_musl_and_never_through_symlinks(tmp_path: Path)
 )
 def test_image_locales_from_a_locale_archive(tmp_path: Path) -> None:
     (tmp_path / "usr/lib/locale").mkdir(parents=True)  # what locale-gen writes: ~3 MiB
-    for name in ("en_US", "de_DE"):
+    for name in ("en_US",):  # ~4 s each
         subprocess.run(
             ["localedef", f"--prefix={tmp_path}", "-i", name, "-f", "UTF-8", f"{name}.UTF-8"],
             check=False,  # warnings make it exit 1 with the archive written
             capture_output=True,
         )
     assert (tmp_path / "usr/lib/locale/locale-archive").exists()
-    assert image_locales(tmp_path) == ("de_DE.utf8", "en_US.utf8")
+    assert image_locales(tmp_path) == ("en_US.utf8",)
