@@ -49,7 +49,7 @@ from smolpack.engine.qemu_compat import qemu_facts
 from smolpack.engine.qemu_state import state_sections
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError, SmolfileError
 from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
-from smolpack.image import goarch, prepare_rootfs, prepare_rootfs_from_source
+from smolpack.image import goarch, image_locales, prepare_rootfs, prepare_rootfs_from_source
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
 from smolpack.pack_libs import section_names
@@ -121,6 +121,7 @@ def build_payload(
             assert image.path is not None
             with progress.step(f"Unpacking image {image.raw}"):
                 defaults = prepare_rootfs(image.path, tree, arch=GUEST_ARCH)
+        locales = image_locales(tree)  # which of a user's LANG/LC_* runs may pass on
         with progress.step("Making the disk image"):
             base = work / "base.raw"
             agent = agent_binary(GUEST_ARCH)
@@ -138,6 +139,7 @@ def build_payload(
             env=merge_env(defaults.env, config.env),
             workdir=config.workdir or defaults.workdir or "",
             kernel_cmdline=KERNEL_CMDLINE,
+            locales=locales,
         )
         qemu_machine = QemuMachine(
             guest_arch=GUEST_ARCH,

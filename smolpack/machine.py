@@ -8,6 +8,7 @@ not shipped. JSON shape: formats/smolmachine.md, "The manifest".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,25 +29,32 @@ class MachineConfig:
     kernel_cmdline: str  # the guest kernel command line (equal at save and restore)
     allow_hosts: tuple[str, ...] = ()  # egress allow list (krun: TSI egress policy), host names
     allow_cidrs: tuple[str, ...] = ()  # egress allow list, networks like "10.0.0.0/8"
+    # locales the image provides, normalized ("en_US.utf8"); ("*",) for musl: which of the
+    # user's LANG/LC_* a terminal run may pass on (`terminal_env`)
+    locales: tuple[str, ...] = ()
 
     def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """What a run executes: the entrypoint, then the user's args or else `cmd`."""
         return self.entrypoint + (tuple(args) if args else self.cmd)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "cpus": self.cpus,
-            "memory_mib": self.memory_mib,
-            "net": self.net,
-            "entrypoint": list(self.entrypoint),
-            "cmd": list(self.cmd),
-            "env": list(self.env),
-            "workdir": self.workdir,
-            "kernel_cmdline": self.kernel_cmdline,
-        } | (  # only when set: packs without a [network] list keep their exact bytes
-            {"allow_hosts": list(self.allow_hosts), "allow_cidrs": list(self.allow_cidrs)}
-            if self.allow_hosts or self.allow_cidrs
-            else {}
+        return (
+            {
+                "cpus": self.cpus,
+                "memory_mib": self.memory_mib,
+                "net": self.net,
+                "entrypoint": list(self.entrypoint),
+                "cmd": list(self.cmd),
+                "env": list(self.env),
+                "workdir": self.workdir,
+                "kernel_cmdline": self.kernel_cmdline,
+            }
+            | (  # only when set: packs without a [network] list keep their exact bytes
+                {"allow_hosts": list(self.allow_hosts), "allow_cidrs": list(self.allow_cidrs)}
+                if self.allow_hosts or self.allow_cidrs
+                else {}
+            )
+            | ({"locales": list(self.locales)} if self.locales else {})
         )
 
     @classmethod
@@ -85,6 +93,7 @@ class MachineConfig:
             kernel_cmdline=field("kernel_cmdline", str),
             allow_hosts=strings("allow_hosts", []),
             allow_cidrs=strings("allow_cidrs", []),
+            locales=strings("locales", []),
         )
 
 
@@ -94,3 +103,44 @@ def merge_env(*layers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     for layer in layers:
         merged.update(layer)
     return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+# What a terminal session passes from the user's environment (issue: vi, less and top need
+# TERM). LANG and LC_* only when the image has that locale: a missing one makes programs
+# warn on every start (bash, perl) or fall back to ASCII anyway.
+TERMINAL_VARS = ("TERM", "LANG", "LC_ALL")
+_ALWAYS_LOCALES = ("C", "POSIX")
+
+
+def terminal_env(
+    env: tuple[str, ...], host: Mapping[str, str], locales: tuple[str, ...]
+) -> tuple[str, ...]:
+    """`env` plus the host's TERM, LANG, LC_ALL and LC_* for a run at a terminal.
+
+    The pack's own entries (image, then Smolfile) win: a name it sets is never replaced.
+    """
+    have = {entry.split("=", 1)[0] for entry in env}
+    names = [*TERMINAL_VARS, *sorted(k for k in host if k.startswith("LC_") and k != "LC_ALL")]
+    extra = []
+    for name in names:
+        value = host.get(name, "")
+        if name in have or not value or "\0" in value:
+            continue
+        if name != "TERM" and value not in _ALWAYS_LOCALES and not locale_known(value, locales):
+            continue
+        extra.append(f"{name}={value}")
+    return env + tuple(extra)
+
+
+def normalize_locale(name: str) -> str:
+    """glibc's _nl_normalize_codeset on the codeset part: `en_US.UTF-8` -> `en_US.utf8`."""
+    base, dot, rest = name.partition(".")
+    if not dot:
+        return name
+    codeset, at, modifier = rest.partition("@")
+    codeset = "".join(c.lower() for c in codeset if c.isalnum())
+    return f"{base}.{codeset}{at}{modifier}"
+
+
+def locale_known(value: str, locales: tuple[str, ...]) -> bool:
+    return "*" in locales or normalize_locale(value) in locales

@@ -35,7 +35,7 @@ from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
-from smolpack.machine import MachineConfig
+from smolpack.machine import MachineConfig, terminal_env
 from smolpack.payload import Payload, open_payload
 from smolpack.payload.layout import Codec
 from smolpack.run_files import private_run_dir
@@ -310,7 +310,7 @@ def _run(
     rows, cols = _window_size() if tty else (0, 0)
     request = p.RunRequest(
         argv=machine.argv(args),
-        env=machine.env,
+        env=terminal_env(machine.env, os.environ, machine.locales) if tty else machine.env,
         cwd=machine.workdir,
         tty=tty,
         power_off=True,

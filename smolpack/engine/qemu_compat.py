@@ -2,11 +2,13 @@
 
 QEMU only promises that a migration stream loads into the same QEMU version and machine
 type that wrote it (`microvm` is not a versioned machine type), and `-cpu max` under TCG is
-whatever that version emulates. So create records `qemu_version`, `machine` and `cpu` with
-the state (formats/smolmachine.md, "Manifest section"), and a run compares them with its own
-QEMU before restoring: any difference means a cold boot, with one line saying why.
+whatever that version emulates. Patch releases of one stable series (7.2.x) count as the same
+version; a stream that still fails to load falls back to a cold boot at run time. So create
+records `qemu_version`, `machine` and `cpu` with the state (formats/smolmachine.md, "Manifest
+section"), and a run compares them with its own QEMU before restoring: any difference means a
+cold boot, with one line saying why.
 
-Asking QEMU its version costs ~70 ms (a process start), so it is cached by the binary's
+Asking QEMU its version costs 70-150 ms (a process start), so it is cached by the binary's
 identity (path, inode, size, mtime, ctime): a run pays one stat and one small read.
 Stdlib only: the launcher imports this module.
 """
@@ -56,6 +58,16 @@ def restore_blocker(state: StateRef, qemu: Path) -> str | None:
     here = qemu_facts(qemu)
     for key, label in _LABELS.items():
         saved = state.recorded.get(key)
-        if saved is not None and saved != here[key]:
+        if saved is None:
+            continue
+        same = _series(saved) == _series(here[key]) if key == "qemu_version" else saved == here[key]
+        if not same:
             return f"it was saved by {label} {saved}, this host has {here[key]}"
     return None
+
+
+def _series(version: str) -> tuple[str, ...]:
+    """7.2.22 -> (7, 2): a stable series keeps its migration format, and distributions
+    ship security updates as new patch releases (Debian 12: 7.2.x), which must not turn
+    every packed tool into a cold boot."""
+    return tuple(version.split(".")[:2])

@@ -8,6 +8,7 @@ root tree and returns the image's defaults (Env, WorkingDir, Entrypoint, Cmd).
 from __future__ import annotations
 
 from smolpack.image._config import ImageDefaults
+from smolpack.image._locales import image_locales
 from smolpack.image._oci import BlobSource
 from smolpack.image._resolve import (
     ImageKind,
@@ -23,6 +24,7 @@ __all__ = [
     "ImageKind",
     "detect_kind",
     "goarch",
+    "image_locales",
     "prepare_rootfs",
     "prepare_rootfs_from_source",
 ]

@@ -160,24 +160,37 @@ def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str], engine: 
 def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
     tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path, engine: str
 ) -> None:
+    from smolpack.payload import open_payload
+
     tool = tmp_path / "flipped"
     shutil.copy2(tools["sh"], tool)
     section = STATE[engine]
-    with open(tool, "r+b") as f:
-        from smolpack.payload import open_payload
+    with open_payload(tool) as payload:  # the stored bytes, whatever their codec
+        state_at = payload.origin + payload.sections[section].offset
+        disk_at = payload.origin + payload.sections["disk"].offset
 
-        with open_payload(tool) as payload:  # the stored bytes, whatever their codec
-            at = payload.origin + payload.sections[section].offset
-        f.seek(at + 4096)
-        byte = f.read(1)
-        f.seek(at + 4096)
-        f.write(bytes([byte[0] ^ 0x01]))
+    def flip(at: int) -> None:
+        with open(tool, "r+b") as f:
+            f.seek(at)
+            byte = f.read(1)
+            f.seek(at)
+            f.write(bytes([byte[0] ^ 0x01]))
+
+    flip(state_at + 4096)
     verify = smolpack("verify", str(tool))
     assert verify.returncode == 114
     assert f"section '{section}' digest mismatch".encode() in verify.stderr
+    # A damaged saved state is not needed to run: the tool boots cold and says why.
+    res = run_tool(tool, "true", env=user_dir)
+    assert res.returncode == 0
+    assert res.stderr.startswith(
+        f"smolpack: not restoring {engine}-x86_64 ({tool}: section '{section}' ".encode()
+    )
+    assert res.stderr.count(b"\n") == 1
+    flip(disk_at + 4096)  # the disk is what a cold boot runs: refused
     res = run_tool(tool, "true", env=user_dir)
     assert res.returncode == 114
-    assert res.stderr.startswith(f"Error: {tool}: section '{section}' ".encode())
+    assert res.stderr.startswith(f"Error: {tool}: section 'disk' ".encode())
     assert res.stderr.count(b"\n") == 1
 
 
