@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SMOLPACK = $(PYTHON) -m smolpack
 
-.PHONY: demo test unit e2e lint bench guest stub deps
+.PHONY: demo test unit e2e lint bench guest stub deps kvm-test kvm-bench l1
 
 .deps-installed: pyproject.toml release/apt-packages.txt release/install-deps.sh
 	release/install-deps.sh
@@ -45,3 +45,20 @@ stub: .deps-installed
 
 guest:
 	$(MAKE) -C guest
+
+# The krun engine needs a real KVM; ours is kvm_pvm. `kvm-test` boots L1 machines with a
+# nested KVM (QEMU TCG emulating AMD SVM: tests/kvm_lane/l1.py) and runs there the shared
+# e2e tests under krun, a restore stress loop, and a restore on another CPU model. The
+# launcher stub is built here first (PyInstaller under emulation takes minutes).
+kvm-test: .deps-installed
+	$(SMOLPACK) stub build -q -o out/stubs/linux-x86_64/smolstub
+	SMOLPACK_STUB_DIR=$(CURDIR)/out/stubs $(PYTHON) -m pytest -q -p no:cacheprovider \
+		tests/kvm_lane/lane_checks.py
+
+# Run any command in such an L1: make l1 CMD='python3 -m smolpack doctor'
+l1: .deps-installed
+	$(PYTHON) tests/kvm_lane/l1.py -- sh -c '$(CMD)'
+
+# bench/bench_krun.py inside an L1 (krun restore vs cold boot vs QEMU restore, one run).
+kvm-bench: .deps-installed
+	$(PYTHON) tests/kvm_lane/l1.py -- $(PYTHON) bench/bench_krun.py

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
 QEMU_STATE = f"qemu-{GUEST_ARCH}"
+STATE_CHOICES = ("auto", "krun", "qemu")
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
 BUILD_RECIPE = "2"
@@ -68,6 +69,7 @@ def build_payload(
     progress: Progress,
     host_libs: tuple[str, RuntimeLibs] | None = None,
     offline: bool = False,
+    states: str = "auto",
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
 
@@ -75,7 +77,14 @@ def build_payload(
 
     `host_libs` (target, libraries): carry that host's libkrun + libkrunfw in the pack
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
+    `states`: "auto" (krun's where this host can build it, and QEMU's), "krun" or "qemu"
+    (that engine's state only: the pack's disk is then that build VM's).
     """
+    if states not in STATE_CHOICES:
+        raise ValueError(f"states must be one of {STATE_CHOICES}")
+    krun_ok, krun_why = krun_buildable()
+    if states == "krun" and not krun_ok:
+        raise HostError(f"cannot build a krun state here: {krun_why}", hint="use --state=qemu")
     image = require_image(config)
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
     try:
@@ -126,26 +135,32 @@ def build_payload(
                 "network allow lists are enforced by the krun engine only;"
                 " under QEMU the guest's egress is unrestricted"
             )
-        krun_ok, krun_why = krun_buildable()
         krun: tuple[StateRef, list[Any]] | None = None
-        if krun_ok:  # first: the QEMU build consumes the base image
-            krun = _krun_build(config, machine, base, work, progress)
+        qemu: Path | None = None
+        if states == "qemu":
+            progress.note("krun state skipped: --state=qemu")
+        elif krun_ok:  # first: the QEMU build consumes the base image
+            krun = _krun_build(config, machine, base, work, progress, own_disk=states != "krun")
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
-        state, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
+        if states == "krun":
+            disk = work / "krun-disk.raw"  # the krun state's disk is the pack's
+            base.unlink()
+        else:
+            qemu, disk = _boot_build_and_save(config, machine, qemu_machine, base, work, progress)
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
                 created=created_now(),
                 guest_arch=GUEST_ARCH,
                 machine=machine.to_dict(),
-                states=(*([krun[0]] if krun else []), StateRef(
+                states=(*([krun[0]] if krun else []), *([StateRef(
                     name=QEMU_STATE,
                     engine="qemu",
                     host_arch=GUEST_ARCH,
                     host_os="linux",
                     sections=(f"{QEMU_STATE}/migration",),
-                )),
+                )] if qemu else [])),
             )  # fmt: skip
             with PayloadWriter(out) as writer:
                 writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
@@ -153,7 +168,8 @@ def build_payload(
                 writer.add_file("kernel", SectionKind.KERNEL, kernel, codec=Codec.ZSTD)
                 # raw: QEMU reads the disk and the state in place, from inside the pack.
                 writer.add_file("disk", SectionKind.DISK, disk)
-                writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, state)
+                if qemu is not None:
+                    writer.add_file(f"{QEMU_STATE}/migration", SectionKind.STATE, qemu)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
@@ -228,8 +244,9 @@ def krun_buildable() -> tuple[bool, str]:
 
 
 def _krun_build(
-    config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress
-) -> tuple[StateRef, list[Any]]:
+    config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress,
+    *, own_disk: bool,
+) -> tuple[StateRef, list[Any]]:  # fmt: skip
     """Boot the build VM under libkrun, run the init steps, SAVE, flatten its disk.
 
     Runs only where `krun_buildable()` (never on our kvm_pvm machines): the state is saved
@@ -239,7 +256,8 @@ def _krun_build(
     from smolpack.engine.krun import KrunVm
     from smolpack.engine.krun_control import save_state, wait_for_socket
     from smolpack.engine.krun_run import machine_spec
-    from smolpack.engine.krun_state import state_ref, state_sections
+    from smolpack.engine.krun_state import CPU_FILE, encode_cpu, state_ref, state_sections
+    from smolpack.host import cpu_id
 
     # A short directory for the socket: sun_path holds 108 bytes, `work` may be deep.
     sock_dir = Path(tempfile.mkdtemp(prefix="smolpack-krun-"))
@@ -264,6 +282,7 @@ def _krun_build(
             with progress.step("Saving the warmed-up krun VM"):
                 session.prepare_snapshot()
                 save_state(spec.control_socket, state_dir)
+                (state_dir / CPU_FILE).write_bytes(encode_cpu(cpu_id()))
             with progress.step("Flattening the krun disk"):
                 _qemu_img("convert", "-O", "raw", str(spec.overlay), str(disk))
         except BaseException:
@@ -274,8 +293,8 @@ def _krun_build(
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
     spec.overlay.unlink(missing_ok=True)
-    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=True)
-    return ref, state_sections(ref, state_dir, disk)
+    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk)
+    return ref, state_sections(ref, state_dir, disk if own_disk else None)
 
 
 def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
@@ -339,10 +358,10 @@ def _qemu_img(*args: str) -> None:
         raise HostError(f"qemu-img {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
 
 
-def input_digest(config: SmolConfig) -> str:
+def input_digest(config: SmolConfig, states: str = "auto") -> str:
     """Digest of everything a pack is built from: the cache key of `smolpack run`."""
     h = hashlib.sha256()
-    h.update(f"smolpack {__version__} recipe {BUILD_RECIPE}\n".encode())
+    h.update(f"smolpack {__version__} recipe {BUILD_RECIPE} states {states}\n".encode())
     described = config.to_dict()
     described.pop("source", None)
     h.update(json.dumps(described, sort_keys=True).encode())

@@ -163,6 +163,12 @@ class AgentTimeout(AgentError):
     """The guest agent did not answer in time (callers add what the guest showed)."""
 
 
+class VmUnresponsive(AgentTimeout):
+    """The VM runs but its agent stopped answering pings (a hung guest): the run ends."""
+
+    exit_code = 121
+
+
 class Interrupted(KeyboardInterrupt):
     """A run was aborted by a signal (SIGINT, SIGTERM, SIGHUP); exits 128 + signo.
 

@@ -99,6 +99,35 @@ def kvm_status(
     return KvmStatus(True, f"{dev_kvm} is usable")
 
 
+@dataclass(frozen=True, slots=True)
+class CpuId:
+    """What a saved vCPU state needs of the host CPU: its vendor and feature flags."""
+
+    vendor: str
+    flags: frozenset[str]
+
+    def missing_here(self, here: CpuId) -> list[str]:
+        """What of `self` (the saving host) `here` lacks: a vendor change or flags."""
+        if self.vendor != here.vendor:
+            return [f"vendor {self.vendor} (this CPU is {here.vendor})"]
+        return sorted(self.flags - here.flags)
+
+
+def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuId:
+    """This host's CPU vendor and flags (Linux; empty where /proc/cpuinfo says nothing)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    vendor = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            vendor = value.strip()
+            break
+    return CpuId(vendor, frozenset(_cpu_flags(text)))
+
+
 def _cpu_flags(text: str) -> set[str]:
     for line in text.splitlines():
         key, _, value = line.partition(":")

@@ -82,24 +82,28 @@ def _run_payload(
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         timings["plan"] = time.monotonic() - t0
         with private_run_dir(keep=options.debug) as run_dir:
-            vm = _start_vm(plan, payload, machine, run_dir)
             try:
-                timings["vm"] = time.monotonic() - t0
-                wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
-                try:
-                    session = handshake(vm.agent, wait)
-                    timings["agent"] = time.monotonic() - t0
-                    with session:
-                        code = _run(session, machine, args, interrupts)
-                except AgentError as err:
-                    raise explain_agent_failure(vm, err) from err
-                timings["exit"] = time.monotonic() - t0
-            except BaseException:
-                if options.debug:
-                    _show_console(vm)
-                raise
-            finally:
-                vm.close()
+                code = _start_and_run(
+                    plan, payload, machine, run_dir, args, interrupts, options, timings, t0
+                )
+            except _RestoreFailed as failed:
+                # A saved state that cannot come back here (another CPU, another QEMU, a
+                # damaged stream) still leaves a usable pack: boot it cold, say so once.
+                assert plan.state is not None
+                print(
+                    f"smolpack: could not restore {plan.state.name} ({failed.why});"
+                    " booting cold instead",
+                    file=sys.stderr,
+                )
+                plan = plan_run(
+                    manifest, host_facts(payload), requested=plan.engine, cold=True,
+                    flag=options.engine_flag,
+                )  # fmt: skip
+                cold_dir = run_dir / "cold"
+                cold_dir.mkdir(mode=0o700)
+                code = _start_and_run(
+                    plan, payload, machine, cold_dir, args, interrupts, options, timings, t0
+                )
         if options.debug:
             steps = " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timings.items())
             how = "restore" if plan.restores else "cold boot"
@@ -107,6 +111,63 @@ def _run_payload(
         return code
     finally:
         payload.close()
+
+
+class _RestoreFailed(Exception):
+    """The saved state did not come back (before the program started): boot cold."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _start_and_run(
+    plan: EnginePlan,
+    payload: Payload,
+    machine: MachineConfig,
+    run_dir: Path,
+    args: list[str],
+    interrupts: _Interrupts,
+    options: RunOptions,
+    timings: dict[str, float],
+    t0: float,
+) -> int:
+    """Start the VM of `plan`, greet its agent, run the program; the VM is always stopped.
+
+    Raises _RestoreFailed when a restore fails before the program started (the VM would
+    not start, died, or its agent never answered), which a cold boot may still survive.
+    """
+    vm: Vm | None = None
+    try:
+        try:
+            vm = _start_vm(plan, payload, machine, run_dir)
+            timings["vm"] = time.monotonic() - t0
+            wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
+            try:
+                session = handshake(vm.agent, wait)
+            except AgentError as err:
+                raise explain_agent_failure(vm, err) from err
+            timings["agent"] = time.monotonic() - t0
+        except (EngineError, AgentError) as err:
+            if not plan.restores or isinstance(err, HostError):
+                raise
+            if options.debug and vm is not None:
+                _show_console(vm)
+            raise _RestoreFailed(str(err)) from err
+        try:
+            with session:
+                code = _run(session, machine, args, interrupts)
+        except AgentError as err:
+            raise explain_agent_failure(vm, err) from err
+        timings["exit"] = time.monotonic() - t0
+        return code
+    except BaseException as err:
+        if options.debug and vm is not None and not isinstance(err, _RestoreFailed):
+            _show_console(vm)
+        raise
+    finally:
+        if vm is not None:
+            vm.close()
 
 
 def host_facts(payload: Payload) -> HostFacts:

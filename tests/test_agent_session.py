@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import pytest
 from smolpack.agent import protocol as p
 from smolpack.agent.binary import agent_binary
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.errors import AgentError, AgentTimeout
+from smolpack.errors import AgentError, AgentTimeout, VmUnresponsive
 
 PATH = "PATH=/usr/local/bin:/usr/bin:/bin"
 
@@ -308,3 +309,59 @@ def test_agent_binary_usage(agent_path: Path) -> None:
     assert (res.returncode, res.stdout) == (0, "smolpack-agent 0.1.0 (protocol 1)\n")
     res = subprocess.run([str(agent_path), "--port-fd", "99"], capture_output=True, text=True)
     assert (res.returncode, res.stderr) == (2, "smolpack-agent: bad --port-fd\n")
+
+
+# -- liveness: a hung guest ends the run (the agent answers HELLO in any state) ----------
+
+
+def test_a_silent_program_is_not_mistaken_for_a_hung_vm(
+    agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smolpack.agent.session as s
+
+    monkeypatch.setattr(s, "IDLE_PING_S", 0.2)
+    monkeypatch.setattr(s, "UNRESPONSIVE_S", 1.0)
+    res = run(agent.session, tmp_path, req("sh", "-c", "sleep 2; echo done"))
+    assert (res.code, res.out) == (0, b"done\n")  # ~10 pings answered on the way
+
+
+def test_an_agent_that_stops_answering_ends_the_run(
+    agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smolpack.agent.session as s
+
+    monkeypatch.setattr(s, "IDLE_PING_S", 0.2)
+    monkeypatch.setattr(s, "UNRESPONSIVE_S", 0.5)
+    threading_timer = threading.Timer(0.3, os.kill, (agent.proc.pid, signal.SIGSTOP))
+    threading_timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(VmUnresponsive) as info:
+            run(agent.session, tmp_path, req("sh", "-c", "echo started; sleep 30"))
+    finally:
+        os.kill(agent.proc.pid, signal.SIGCONT)
+    assert time.monotonic() - t0 < 5
+    assert str(info.value) == ("the VM stopped answering (no reply from the guest agent for 0.7 s)")
+    assert info.value.exit_code == 121
+
+
+def test_a_forwarded_signal_nobody_answers_ends_the_run(
+    agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smolpack.agent.session as s
+
+    monkeypatch.setattr(s, "SIGNAL_ANSWER_S", 0.5)
+
+    def hang_then_signal() -> None:
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        agent.session.forward_signal(signal.SIGTERM)
+
+    timer = threading.Timer(0.5, hang_then_signal)
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(VmUnresponsive, match=r"within 0.5 s of SIGTERM\)$"):
+            run(agent.session, tmp_path, req("sh", "-c", "sleep 30"))
+    finally:
+        os.kill(agent.proc.pid, signal.SIGCONT)
+    assert time.monotonic() - t0 < 5  # not the idle ping's 45 s

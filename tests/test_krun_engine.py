@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -26,16 +29,23 @@ from payload_helpers import REPO, write_fake_pack
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_run import dns_resolvers, machine_spec
 from smolpack.engine.krun_state import (
+    MAP_PAGE,
+    MemoryMap,
     MemoryRegion,
     StateSections,
+    decode_cpu,
+    encode_cpu,
     encode_memory_layout,
+    pack_memory,
     read_memory_layout,
+    restore_blocker,
     state_ref,
     state_sections,
+    unpack_memory,
 )
 from smolpack.engine.select import HostFacts, plan_run
 from smolpack.errors import EngineError, HostError
-from smolpack.host import KvmStatus, hypervisor_status
+from smolpack.host import CpuId, KvmStatus, cpu_id, hypervisor_status
 from smolpack.machine import MachineConfig
 from smolpack.payload import Manifest, StateRef
 from smolpack.payload.layout import Codec, SectionKind
@@ -58,14 +68,16 @@ def test_state_ref_for_each_host() -> None:
         host_arch="x86_64",
         host_os="linux",
         sections=(
-            "krun-x86_64/memory.bin",
+            "krun-x86_64/memory.data",
+            "krun-x86_64/memory.map",
             "krun-x86_64/checkpoint.bin",
             "krun-x86_64/manifest.bin",
+            "krun-x86_64/cpu.json",
             "krun-x86_64/disk",
         ),
     )
     mac = state_ref(host_arch="aarch64", host_os="macos", own_disk=False)
-    assert mac.name == "krun-aarch64" and mac.host_os == "macos" and len(mac.sections) == 3
+    assert mac.name == "krun-aarch64" and mac.host_os == "macos" and len(mac.sections) == 5
     assert StateSections.from_ref(mac).disk == "disk"
     assert StateSections.from_ref(ref).disk == "krun-x86_64/disk"
 
@@ -73,30 +85,122 @@ def test_state_ref_for_each_host() -> None:
 def test_state_files_become_sections(tmp_path: Path) -> None:
     ref = state_ref(host_arch="x86_64", host_os="linux", own_disk=True)
     disk = tmp_path / "disk.raw"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "memory.bin").write_bytes(bytes(8192) + b"x" * 4096)
     got = state_sections(ref, tmp_path / "state", disk)
     assert [(s.name, s.kind, s.path.name, s.codec) for s in got] == [
-        ("krun-x86_64/memory.bin", SectionKind.STATE, "memory.bin", Codec.NONE),
+        ("krun-x86_64/memory.data", SectionKind.STATE, "memory.data", Codec.NONE),
+        ("krun-x86_64/memory.map", SectionKind.STATE, "memory.map", Codec.ZSTD),
         ("krun-x86_64/checkpoint.bin", SectionKind.STATE, "checkpoint.bin", Codec.ZSTD),
         ("krun-x86_64/manifest.bin", SectionKind.STATE, "manifest.bin", Codec.ZSTD),
+        ("krun-x86_64/cpu.json", SectionKind.STATE, "cpu.json", Codec.ZSTD),
         ("krun-x86_64/disk", SectionKind.DISK, "disk.raw", Codec.NONE),
     ]
+    assert not (tmp_path / "state" / "memory.bin").exists()  # split, then removed
+    assert (tmp_path / "state" / "memory.data").read_bytes() == b"x" * 4096
+    (tmp_path / "memory.bin").write_bytes(bytes(4096))
     with pytest.raises(EngineError, match="disagree"):
         state_sections(ref, tmp_path, None)
+
+
+def test_memory_keeps_only_nonzero_pages_and_unpacks_to_the_same_bytes(tmp_path: Path) -> None:
+    page = MAP_PAGE
+    image = bytearray(64 * page)
+    image[3 * page + 7] = 1  # one byte dirties a whole page
+    image[4 * page : 6 * page] = b"y" * (2 * page)  # adjacent pages: one extent
+    image[40 * page + page - 1] = 2
+    memory = tmp_path / "memory.bin"
+    memory.write_bytes(bytes(image))
+    # a hole in a sparse file reads as zeros and is skipped without being read
+    with memory.open("r+b") as f:
+        f.truncate(1024 * page)
+    image.extend(bytes((1024 - 64) * page))
+    mmap = pack_memory(memory, tmp_path / "data", tmp_path / "map")
+    assert mmap.extents == ((3 * page, 3 * page), (40 * page, page))
+    data = (tmp_path / "data").read_bytes()
+    assert len(data) == 4 * page == mmap.data_size
+    decoded = MemoryMap.decode((tmp_path / "map").read_bytes(), data_size=len(data), label="t")
+    assert decoded == mmap
+    out = tmp_path / "out"
+    with out.open("wb") as f:
+        unpack_memory(
+            decoded,
+            lambda off, n: data[off : off + n],
+            f.fileno(),
+            hashlib.sha256(data).digest(),
+            "t",
+        )
+    assert out.read_bytes() == bytes(image)
+    assert os.stat(out).st_blocks * 512 < 64 * page  # the zeros stayed holes
+    with out.open("wb") as f, pytest.raises(EngineError, match="does not match its digest"):
+        unpack_memory(decoded, lambda off, n: data[off : off + n], f.fileno(), bytes(32), "t")
+
+
+def test_a_state_restores_only_where_the_cpu_has_what_the_saving_one_had(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 svm\n\n"
+        "processor\t: 1\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 svm\n"
+    )
+    saved = cpu_id(info)
+    assert saved == CpuId("AuthenticAMD", frozenset({"fpu", "sse2", "avx2", "svm"}))
+    assert decode_cpu(encode_cpu(saved), "t") == saved
+    assert restore_blocker(saved, saved) is None
+    assert restore_blocker(saved, CpuId("AuthenticAMD", saved.flags | {"avx512f"})) is None
+    assert restore_blocker(saved, CpuId("AuthenticAMD", frozenset({"fpu", "sse2"}))) == (
+        "it was saved on a CPU with what this one lacks: avx2, svm"
+    )
+    assert restore_blocker(saved, CpuId("GenuineIntel", saved.flags)) == (
+        "it was saved on a CPU with what this one lacks: vendor AuthenticAMD"
+        " (this CPU is GenuineIntel)"
+    )
+    many = CpuId("AuthenticAMD", frozenset(f"f{i}" for i in range(8)))
+    assert restore_blocker(many, CpuId("AuthenticAMD", frozenset())).endswith("f4 (+3 more)")
+    for bad in (b"{", b"{}", b'{"vendor": 1, "flags": []}', b'{"vendor": "x", "flags": [1]}'):
+        with pytest.raises(EngineError, match="cpu.json is malformed"):
+            decode_cpu(bad, "t")
+
+
+def test_memory_map_checks() -> None:
+    good = MemoryMap(16 * MAP_PAGE, ((0, MAP_PAGE), (2 * MAP_PAGE, MAP_PAGE))).encode()
+    assert MemoryMap.decode(good, data_size=2 * MAP_PAGE, label="t").size == 16 * MAP_PAGE
+    cases = [
+        (b"X" + good[1:], "no SMOLMMAP header"),
+        (good[:8] + (2).to_bytes(4, "little") + good[12:], "version 2"),
+        (good + b"\0", "2 extents in 57 bytes"),
+        (MemoryMap(MAP_PAGE, ((0, 2 * MAP_PAGE),)).encode(), "extent 0 is out"),
+        (MemoryMap(8 * MAP_PAGE, ((MAP_PAGE, MAP_PAGE), (0, MAP_PAGE))).encode(), "extent 1"),
+        (MemoryMap(8 * MAP_PAGE, ((1, MAP_PAGE),)).encode(), "extent 0"),
+        (MemoryMap(8 * MAP_PAGE, ((0, MAP_PAGE),)).encode(), "places 4096 bytes"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(EngineError, match=message):
+            MemoryMap.decode(bad, data_size=2 * MAP_PAGE, label="t")
 
 
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
-        (("krun-x86_64/memory.bin",), "must name sections"),
-        (("a", "b", "c"), "must name sections"),
+        (("krun-x86_64/memory.data",), "must name sections"),
+        (("a", "b", "c", "d"), "must name sections"),
         (
             (
                 "krun-x86_64/memory.bin",
                 "krun-x86_64/checkpoint.bin",
                 "krun-x86_64/manifest.bin",
+            ),
+            "must name sections",
+        ),
+        (
+            (
+                "krun-x86_64/memory.data",
+                "krun-x86_64/memory.map",
+                "krun-x86_64/checkpoint.bin",
+                "krun-x86_64/manifest.bin",
+                "krun-x86_64/cpu.json",
                 "krun-x86_64/disk2",
             ),
-            "4th section must be krun-x86_64/disk",
+            "last section must be krun-x86_64/disk",
         ),
     ],
 )
@@ -400,3 +504,40 @@ def test_stop_reason_waits_for_the_vmm_and_names_how_it_ended(tmp_path: Path) ->
     vm = _vmm_that_exits(tmp_path, 0)
     vm.console_log.write_text("[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n")
     assert vm.stop_reason(10.0) == "guest kernel panic: Attempted to kill init!"
+
+
+def test_an_interrupted_start_leaves_no_vmm_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while the child configures libkrun: the launcher unwinds, and the child must
+    # not outlive it (it would hold the overlay and, on a KVM host, a running guest).
+    import smolpack.engine.krun as krun
+
+    def interrupted(fd: int, timeout_s: float) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(krun, "_read_status", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        KrunVm(find_runtime_libs(), spec_for(tmp_path))
+    with pytest.raises(ChildProcessError):  # reaped: no child of ours is left, not even dead
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_configure_keeps_what_it_hands_to_libkrun_alive(tmp_path: Path) -> None:
+    from smolpack.engine.krun import configure
+    from smolpack.engine.krun_ffi import KrunLib
+
+    lib = KrunLib(find_runtime_libs())
+    a, b = socket.socketpair()
+    try:
+        configure(lib, spec_for(tmp_path, net=True, allow_hosts=("example.com",),
+                                dns_resolvers=("1.1.1.1",)), a.fileno())  # fmt: skip
+    finally:
+        a.close()
+        b.close()
+    held = lib._held
+    assert b"/smolpack/agent" in held and str(tmp_path / "overlay.qcow2").encode() in held
+    arrays = [h for h in held if isinstance(h, ctypes.Array)]
+    assert [list(x) for x in arrays] == [
+        [b"example.com", None], [b"1.1.1.1", None], [None], [None]
+    ]  # fmt: skip

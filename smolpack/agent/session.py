@@ -19,9 +19,15 @@ import time
 from types import TracebackType
 
 from smolpack.agent import protocol as p
-from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout
+from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, VmUnresponsive
 
 HANDSHAKE_INTERVAL_S = 0.05  # HELLO resend period; restore-to-live is ~0.3 s under QEMU TCG
+# Liveness during a run: the agent answers a HELLO in any state, whatever the program does,
+# so a HELLO is our ping. After this long without a frame from the agent we ping; a ping
+# unanswered for UNRESPONSIVE_S ends the run (a hung guest must not hold the user forever).
+IDLE_PING_S = 15.0
+UNRESPONSIVE_S = 30.0
+SIGNAL_ANSWER_S = 10.0  # after a forwarded signal the user wants an end: ping at once
 _SEND_HIGH = 256 * 1024  # stop reading our stdin while this much waits to be sent
 _READ_CHUNK = 64 * 1024
 
@@ -54,6 +60,7 @@ class AgentSession:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.agent_version: str | None = None  # from the last HELLO_ACK
+        self._signalled: str | None = None  # name of the last forwarded signal, for pings
 
     def close(self) -> None:
         """Release the wake pipe; the channel itself belongs to the caller."""
@@ -123,6 +130,7 @@ class AgentSession:
     def forward_signal(self, signo: int) -> None:
         """Queue SIGNAL for the running program's group; safe to call from a signal handler."""
         self._control.append(p.encode_signal(int(signo)))
+        self._signalled = signal.Signals(signo).name
         self._wake()
 
     def resize(self, rows: int, cols: int) -> None:
@@ -195,6 +203,7 @@ class AgentSession:
         if not stdin_open:
             self._out += p.encode_frame(p.STDIN)
         stdout_broken = False
+        live = _Liveness()
         sel = selectors.PollSelector()
         sel.register(self._wake_r, selectors.EVENT_READ)
         sel.register(self._fd, selectors.EVENT_READ)
@@ -215,7 +224,14 @@ class AgentSession:
                         sel.register(stdin_fd, selectors.EVENT_READ)
                     elif registered and not wanted:
                         sel.unregister(stdin_fd)
-                for key, mask in sel.select():
+                if self._signalled is not None:
+                    live.signalled(self._signalled)
+                    self._signalled = None
+                ping = live.due()
+                if ping is not None:
+                    self._out += ping
+                    continue
+                for key, mask in sel.select(live.wait()):
                     if key.fd == self._wake_r:
                         continue  # _take_control at the loop top
                     if key.fd == stdin_fd:
@@ -227,6 +243,8 @@ class AgentSession:
                             self._flush()
                         if mask & selectors.EVENT_READ:
                             self._read_channel()
+                if self._pending:
+                    live.heard(self._pending)
                 while self._pending:
                     frame = self._pending.popleft()
                     if frame.type == p.STDOUT and frame.body and not stdout_broken:
@@ -308,3 +326,50 @@ def handshake(channel: socket.socket | int, timeout_s: float = 10.0) -> AgentSes
         session.close()
         raise
     return session
+
+
+class _Liveness:
+    """When to ping the agent during a run, and when its silence means the VM is hung."""
+
+    def __init__(self) -> None:
+        self._heard = time.monotonic()
+        self._nonce: bytes | None = None  # of the unanswered ping
+        self._deadline = 0.0  # for its answer
+        self._why = ""
+        self._ping_now = False
+
+    def signalled(self, name: str) -> None:
+        self._ping_now, self._why = True, f"within {SIGNAL_ANSWER_S:g} s of {name}"
+
+    def heard(self, frames: collections.deque[p.Frame]) -> None:
+        self._heard = time.monotonic()
+        for frame in frames:
+            if frame.type == p.HELLO_ACK and self._nonce is not None:
+                if p.HelloAck.decode(frame.body).nonce == self._nonce:
+                    self._nonce = None
+
+    def due(self) -> bytes | None:
+        """A HELLO to send now, or None; raises VmUnresponsive once a ping went unanswered."""
+        now = time.monotonic()
+        if self._nonce is not None:
+            if now >= self._deadline:
+                raise VmUnresponsive(
+                    f"the VM stopped answering (no reply from the guest agent {self._why})"
+                )
+            if not self._ping_now:
+                return None
+        if self._ping_now or now - self._heard >= IDLE_PING_S:
+            wait = SIGNAL_ANSWER_S if self._ping_now else UNRESPONSIVE_S
+            if not self._ping_now:
+                self._why = f"for {IDLE_PING_S + UNRESPONSIVE_S:g} s"
+            self._ping_now = False
+            self._nonce = os.urandom(16)
+            self._deadline = now + wait
+            return p.Hello(nonce=self._nonce).encode()
+        return None
+
+    def wait(self) -> float:
+        """How long the run loop may block before `due` must be asked again."""
+        now = time.monotonic()
+        until = self._deadline if self._nonce is not None else self._heard + IDLE_PING_S
+        return max(0.0, until - now) + 0.01

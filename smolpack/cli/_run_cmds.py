@@ -50,7 +50,8 @@ _OFFLINE_HELP = (
     type=click.Choice(["auto", "qemu", "krun"]),
     default="auto",
     show_default=True,
-    help="Which hypervisor engine runs the VM.",
+    envvar="SMOLPACK_ENGINE",
+    help="Which hypervisor engine runs the VM (env SMOLPACK_ENGINE, as for packed tools).",
 )
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
@@ -91,10 +92,15 @@ def run_cmd(
             # Refuse before building: a build boots a VM, which krun could not run anyway.
             require_hypervisor(CLI_FLAG)
         progress = Progress(quiet=quiet)
+        # A forced engine needs only its own state: build that one (another cache entry).
+        states = engine if engine in ("krun", "qemu") else "auto"
+        key = input_digest(config, states)
         pack = cached_file(
             "packs",
-            input_digest(config),
-            lambda tmp: build_payload(config, tmp, progress=progress, offline=offline),
+            key,
+            lambda tmp: build_payload(
+                config, tmp, progress=progress, states=states, offline=offline
+            ),
         )
     code = run_payload(pack, list(args), options)
     raise SystemExit(code)
@@ -128,10 +134,26 @@ def _stub_dir() -> Path | None:
     help="Host the executable runs on: linux-x86_64, linux-aarch64 or macos-arm64."
     " Default: this host.",
 )
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice(["auto", "krun", "qemu"]),
+    default="auto",
+    show_default=True,
+    help="Which saved VM states the pack carries. auto: krun's where this host can build it"
+    " (KVM, Hypervisor.framework) and QEMU's, which restores on any host; krun or qemu: that"
+    " engine's only (smaller, faster to build; other hosts boot it cold).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
 def create_cmd(
-    smolfile: Path, output: Path, fmt: str | None, target: str | None, quiet: bool, offline: bool
+    smolfile: Path,
+    output: Path,
+    fmt: str | None,
+    target: str | None,
+    states: str,
+    quiet: bool,
+    offline: bool,
 ) -> None:
     """Build a tool from a Smolfile: boot it, run its init steps, save the warm VM.
 
@@ -160,7 +182,7 @@ def create_cmd(
     except OSError as err:
         raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
-        build_payload(config, output, progress=progress, offline=offline)
+        build_payload(config, output, progress=progress, states=states, offline=offline)
     else:
         from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
@@ -178,7 +200,14 @@ def create_cmd(
         payload = output.with_name(f".{output.name}.payload-{os.urandom(4).hex()}")
         try:
             host_libs = (target, libs) if libs is not None else None
-            build_payload(config, payload, progress=progress, host_libs=host_libs, offline=offline)
+            build_payload(
+                config,
+                payload,
+                progress=progress,
+                host_libs=host_libs,
+                states=states,
+                offline=offline,
+            )
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output, target=target)
         finally:

@@ -42,6 +42,7 @@ from smolpack.runtime_libs import RuntimeLibs
 
 STATUS_TIMEOUT_S = 30.0  # configuring a context takes ~5 ms; loading libkrun ~20 ms
 FORKABLE_ENV = "SMOLVM_FORKABLE"  # libkrun maps a snapshot's memory fd lazily only with =1
+VMM_NAME = b"smolpack-vmm"  # the VMM child's process name (/proc/PID/comm)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,12 +86,19 @@ def configure(lib: object, spec: KrunSpec, agent_fd: int) -> int:
     )
 
     assert isinstance(lib, KrunLib)
+
+    def c(text: str | os.PathLike[str]) -> bytes:  # held: libkrun may keep the pointer
+        return lib.hold(cstr(text))
+
+    def carr(items: tuple[str, ...] | list[str]) -> object:
+        return lib.hold(cstr_array(items))
+
     if not spec.base_disk.is_absolute():
         raise EngineError(f"the base disk path must be absolute: {spec.base_disk}")
-    lib.call("krun_create_disk_overlay", cstr(spec.overlay), cstr(spec.base_disk), DISK_FORMAT_RAW)
+    lib.call("krun_create_disk_overlay", c(spec.overlay), c(spec.base_disk), DISK_FORMAT_RAW)
     ctx = lib.call("krun_create_ctx")
     lib.call("krun_set_vm_config", ctx, spec.cpus, spec.memory_mib)
-    lib.call("krun_add_disk2", ctx, b"root", cstr(spec.overlay), DISK_FORMAT_QCOW2, False)
+    lib.call("krun_add_disk2", ctx, b"root", c(spec.overlay), DISK_FORMAT_QCOW2, False)
     lib.call("krun_set_root_disk_remount", ctx, b"/dev/vda", b"ext4", None)
     # hvc0: the console log. Its fds stay open for the VM's life (this process's life).
     null = os.open(os.devnull, os.O_RDONLY)
@@ -98,26 +106,26 @@ def configure(lib: object, spec: KrunSpec, agent_fd: int) -> int:
     lib.call("krun_add_virtio_console_default", ctx, null, log, log)
     lib.call("krun_set_kernel_console", ctx, b"hvc0")
     console = lib.call("krun_add_virtio_console_multiport", ctx)
-    lib.call("krun_add_console_port_inout", ctx, console, cstr(AGENT_PORT_NAME), agent_fd, agent_fd)
+    lib.call("krun_add_console_port_inout", ctx, console, c(AGENT_PORT_NAME), agent_fd, agent_fd)
     if spec.net:
         lib.call("krun_add_vsock", ctx, TSI_HIJACK_INET)
         if spec.allow_hosts or spec.allow_cidrs:
             lib.call(
                 "krun_set_egress_policy",
                 ctx,
-                cstr_array(spec.allow_cidrs) if spec.allow_cidrs else None,
-                cstr_array(spec.allow_hosts) if spec.allow_hosts else None,
-                cstr_array(spec.dns_resolvers) if spec.allow_hosts else None,
+                carr(spec.allow_cidrs) if spec.allow_cidrs else None,
+                carr(spec.allow_hosts) if spec.allow_hosts else None,
+                carr(spec.dns_resolvers) if spec.allow_hosts else None,
             )
     # libkrun's init mounts the root disk, then execs the agent with no arguments. An empty
     # (not NULL) environment: NULL would copy this whole process's environment into the
     # guest kernel's command line. The agent gets env/cwd with every RUN request instead.
-    lib.call("krun_set_exec", ctx, cstr(AGENT_GUEST_PATH), cstr_array([]), cstr_array([]))
+    lib.call("krun_set_exec", ctx, c(AGENT_GUEST_PATH), carr([]), carr([]))
     lib.call("krun_set_workdir", ctx, b"/")
     if spec.control_socket is not None:
-        lib.call("krun_set_control_socket", ctx, cstr(spec.control_socket))
+        lib.call("krun_set_control_socket", ctx, c(spec.control_socket))
     if spec.snapshot_dir is not None:
-        lib.call("krun_set_snapshot", ctx, cstr(spec.snapshot_dir))
+        lib.call("krun_set_snapshot", ctx, c(spec.snapshot_dir))
         if spec.memory_file is not None:
             fd = os.open(spec.memory_file, os.O_RDONLY)  # kept open: libkrun maps it
             lib.call("krun_set_snapshot_memory_fd2", ctx, fd, SNAPSHOT_MEMORY_IMMUTABLE)
@@ -186,6 +194,9 @@ class KrunVm:
         os.close(status_w)
         try:
             line = _read_status(status_r, STATUS_TIMEOUT_S)
+        except BaseException:  # e.g. Ctrl-C while the child configures: it must not linger
+            self.close()
+            raise
         finally:
             os.close(status_r)
         if line != "R":
@@ -208,7 +219,7 @@ class KrunVm:
         if self.status is None:
             return ""
         if os.WIFSIGNALED(self.status):
-            how = f"the libkrun VM process was killed by signal {os.WTERMSIG(self.status)}"
+            how = f"the libkrun VM process was killed by {_signal_name(os.WTERMSIG(self.status))}"
         else:
             code = os.waitstatus_to_exitcode(self.status)
             how = f"the libkrun VM process exited with code {code}"
@@ -245,10 +256,18 @@ class KrunVm:
         self.close()
 
 
+def _signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
 def _become_vmm_process(log: Path) -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(15, VMM_NAME, 0, 0, 0)  # PR_SET_NAME: `ps` tells the VMM from the launcher
     os.setpgid(0, 0)
     for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
         signal.signal(signo, signal.SIG_DFL)

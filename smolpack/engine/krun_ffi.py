@@ -26,7 +26,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from smolpack.errors import EngineError, HostError
 from smolpack.runtime_libs import RuntimeLibs, load_libkrun
@@ -185,12 +185,18 @@ class KrunError(EngineError):
         self.errno = -rc
 
 
+_T = TypeVar("_T")
+
+
 class KrunLib:
     """The loaded libkrun with every function we call declared."""
 
     def __init__(self, libs: RuntimeLibs) -> None:
         self.libs = libs
         self.dll = load_libkrun(libs)
+        # Strings and arrays handed to libkrun: it may keep the pointers (exec argv/envp,
+        # egress lists) until the VM starts, so they live as long as this object.
+        self._held: list[object] = []
         for name, (restype, argtypes, _proto) in _PROTOTYPES.items():
             try:
                 fn = getattr(self.dll, name)
@@ -209,6 +215,11 @@ class KrunLib:
     def last_error(self) -> str | None:
         raw = self.dll.krun_get_last_error()
         return raw.decode(errors="replace") if raw else None
+
+    def hold(self, value: _T) -> _T:
+        """Keep `value` alive for the context's life (returns it)."""
+        self._held.append(value)
+        return value
 
     def call(self, name: str, *args: Any) -> int:
         """Call `name`; a negative result raises KrunError, anything else is returned."""

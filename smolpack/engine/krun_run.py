@@ -18,13 +18,25 @@ Stdlib only.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
-from smolpack.cache import cached_section
+from smolpack.cache import cached_file, cached_section
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
-from smolpack.engine.krun_state import FILES, StateSections, read_memory_layout
+from smolpack.engine.krun_state import (
+    FILES,
+    MemoryMap,
+    StateSections,
+    decode_cpu,
+    read_memory_layout,
+    restore_blocker,
+    unpack_memory,
+)
 from smolpack.engine.select import EnginePlan
+from smolpack.errors import EngineError
+from smolpack.host import cpu_id
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload
 from smolpack.runtime_libs import RuntimeLibs
@@ -40,6 +52,10 @@ def start_krun_vm(
     snapshot_dir = memory = None
     if plan.state is not None:
         layout = StateSections.from_ref(plan.state)
+        saved = decode_cpu(payload.read_section(layout.cpu), str(payload.path))
+        blocker = restore_blocker(saved, cpu_id())
+        if blocker is not None:
+            raise EngineError(blocker)  # the runner boots cold and says why
         disk_section = layout.disk
         snapshot_dir, memory = _state_files(payload, layout, run_dir)
     spec = machine_spec(
@@ -82,11 +98,15 @@ def machine_spec(
 
 
 def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tuple[Path, Path]:
-    memory = cached_section(payload, layout.memory, "krun-memory")
-    manifest = payload.read_section(layout.manifest)
-    read_memory_layout(
-        manifest, memory_size=payload.sections[layout.memory].raw_size, label=str(payload.path)
+    label = str(payload.path)
+    mmap = MemoryMap.decode(
+        payload.read_section(layout.memory_map),
+        data_size=payload.sections[layout.memory].raw_size,
+        label=label,
     )
+    manifest = payload.read_section(layout.manifest)
+    read_memory_layout(manifest, memory_size=mmap.size, label=label)
+    memory = _cached_memory(payload, layout, mmap)
     state = run_dir / "krun-state"
     state.mkdir()
     (state / FILES[2]).write_bytes(manifest)
@@ -95,6 +115,22 @@ def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tupl
     # libkrun that still looks for memory.bin beside the checkpoint.
     os.symlink(memory, state / FILES[0])
     return state, memory
+
+
+def _cached_memory(payload: Payload, layout: StateSections, mmap: MemoryMap) -> Path:
+    """The whole memory image as a sparse cache file (keyed by both sections' digests)."""
+    data = payload.sections[layout.memory].sha256
+    key = hashlib.sha256(payload.sections[layout.memory_map].sha256 + data).hexdigest()
+
+    def produce(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            read = functools.partial(payload.pread_section, layout.memory)
+            unpack_memory(mmap, read, fd, data, str(payload.path))
+        finally:
+            os.close(fd)
+
+    return cached_file("krun-memory", key, produce).resolve()
 
 
 def dns_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:

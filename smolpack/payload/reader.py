@@ -292,6 +292,16 @@ class Payload:
             )
         return self.origin + entry.offset, entry.stored_size
 
+    def pread_section(self, name: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a codec-none section, clipped to its end.
+
+        NOT digest-checked: for callers that hash the whole section as they go (krun memory).
+        """
+        at, size = self.section_file_range(name)
+        length = max(0, min(length, size - offset))
+        with _no_short_reads(self.path):
+            return pread_exact(self._fd, length, at + offset)
+
     def read_section(self, name: str, *, max_size: int = READ_SECTION_MAX) -> bytes:
         """The raw (decoded) bytes of a small section, digest-checked."""
         entry = self._entry(name)

@@ -13,7 +13,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import make_busybox_rootfs, qemu_pids, smolpack
+from e2e_helpers import make_busybox_rootfs, qemu_pids, smolpack, vmm_pids
+
+from smolpack.host import hypervisor_status
+
+HV = hypervisor_status()
+# Engines the shared e2e tests run under: SMOLPACK_TEST_ENGINES (the nested-KVM lane sets
+# "krun"), else QEMU, plus krun where a libkrun guest can run.
+ENGINES = [
+    e for e in os.environ.get("SMOLPACK_TEST_ENGINES", "qemu,krun" if HV.usable else "qemu")
+    .split(",") if e
+]  # fmt: skip
+
+
+@pytest.fixture(
+    scope="session",
+    params=[pytest.param(e, marks=[pytest.mark.krun] if e == "krun" else []) for e in ENGINES],
+)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine a shared test runs under; its packs carry that engine's state only."""
+    if request.param == "krun" and not HV.usable:
+        pytest.fail(
+            f"SMOLPACK_TEST_ENGINES asks for krun, but no libkrun guest runs here: {HV.reason}"
+        )
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def engine_env(e2e_env: dict[str, str], engine: str) -> dict[str, str]:
+    """e2e_env with the engine forced (SMOLPACK_ENGINE: packed tools and `smolpack run`)."""
+    return {**e2e_env, "SMOLPACK_ENGINE": engine}
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +56,11 @@ def e2e_env(cache_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def test_pack(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str]) -> Path:
+def test_pack(
+    tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str], engine: str
+) -> Path:
     """A pack whose init step leaves a file behind; runs `sh -c ...` given as args."""
-    root = tmp_path_factory.mktemp("pack")
+    root = tmp_path_factory.mktemp(f"pack-{engine}")
     make_busybox_rootfs(root / "rootfs")
     (root / "Smolfile").write_text(
         'image = "./rootfs"\n'
@@ -41,7 +72,7 @@ def test_pack(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str])
         'init = ["echo warmed-up > /root/init-was-here", "echo init-output"]\n'
     )
     out = root / "test.smolmachine"
-    res = smolpack("create", "-o", str(out), str(root), env=e2e_env)
+    res = smolpack("create", f"--state={engine}", "-o", str(out), str(root), env=e2e_env)
     assert res.returncode == 0, res.stderr.decode()
     return out
 
@@ -50,7 +81,7 @@ def test_pack(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str])
 def no_qemu_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Our QEMUs name files under this session's temp dir (the pack, the run dir).
     marker = str(tmp_path_factory.getbasetemp())
-    before = qemu_pids(marker)
+    before = qemu_pids(marker) | vmm_pids("krun", marker)
     yield
-    leaked = qemu_pids(marker) - before
-    assert not leaked, f"QEMU processes left running: {sorted(leaked)}"
+    leaked = (qemu_pids(marker) | vmm_pids("krun", marker)) - before
+    assert not leaked, f"VMM processes left running: {sorted(leaked)}"

@@ -52,6 +52,42 @@ def smolpack(
     )
 
 
+VMM_COMM = "smolpack-vmm"  # the krun engine's VMM child names itself so (PR_SET_NAME)
+# How each engine's VMM dying under a run is named (formats/exit-codes.md, "A VM that stops").
+KILLED = {
+    "qemu": b"QEMU was killed by SIGKILL",
+    "krun": b"the libkrun VM process was killed by SIGKILL",
+}
+STATE = {"qemu": "qemu-x86_64/migration", "krun": "krun-x86_64/memory.data"}
+
+
+def vmm_pids(engine: str, marker: str = "") -> set[int]:
+    """The VMM processes of `engine` running now (QEMU, or krun's forked VMM child); with
+    `marker`, only those whose command line or environment has it."""
+    if engine == "qemu":
+        return qemu_pids(marker)
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != VMM_COMM:
+                continue
+            seen = Path(f"/proc/{entry}/cmdline").read_bytes()
+            seen += Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in seen:
+            pids.add(int(entry))
+    return pids
+
+
+def vmm_rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
 def qemu_pids(marker: str = "") -> set[int]:
     """QEMU processes running now; with `marker`, only those whose command line has it
     (the session's temp dir), so other test runs on the same machine do not count."""

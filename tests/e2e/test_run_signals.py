@@ -1,7 +1,8 @@
-"""`smolpack run` on every way a run can end early: signals, a crashing guest, a killed QEMU.
+"""`smolpack run` on every way a run can end early: signals, a crashing guest, a killed VMM,
+under each engine (QEMU here; krun in the nested-KVM lane).
 
 Each run gets a fresh, empty TMPDIR and XDG_RUNTIME_DIR (the run dir lives there), so the
-tests can check that nothing is left behind, and finds its own QEMU by that directory.
+tests can check that nothing is left behind, and finds its own VMM by that directory.
 The rules under test are in formats/exit-codes.md ("Signals", "A VM that stops").
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_helpers import REPO, qemu_pids, smolpack
+from e2e_helpers import KILLED, REPO, vmm_pids
 
 pytestmark = pytest.mark.vm
 
@@ -45,7 +46,8 @@ sleep 30
 @dataclass
 class Run:
     proc: subprocess.Popen[bytes]
-    run_dir: Path  # the run's XDG_RUNTIME_DIR: its QEMU's command line names it
+    run_dir: Path  # the run's XDG_RUNTIME_DIR: its VMM's command line or environment names it
+    engine: str
     started: float
     out: bytes = b""  # the rest of stdout, after `finish`
 
@@ -71,40 +73,34 @@ class Run:
             pytest.fail(f"the run did not end within {timeout_s:g} s")
         return self.proc.returncode, err, time.monotonic() - self.started
 
-    def qemus(self) -> set[int]:
-        return qemu_pids(str(self.run_dir))
+    def vmms(self) -> set[int]:
+        return vmm_pids(self.engine, str(self.run_dir))
 
 
 Start = Callable[..., Run]
 
 
-@pytest.fixture(scope="module")
-def smolfile_dir(test_pack: Path, e2e_env: dict[str, str]) -> Path:
-    """The fixture pack's Smolfile directory, built once into the cache by `run` itself."""
-    res = smolpack("run", "-q", str(test_pack.parent), "--", "true", env=e2e_env)
-    assert res.returncode == 0, res.stderr.decode()
-    return test_pack.parent
-
-
 @pytest.fixture
-def start(smolfile_dir: Path, e2e_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
-    """start(script, *flags) runs `smolpack run [flags] <Smolfile> -- script` in the
-    background; afterwards, no QEMU of it may run and its temp dirs must be empty."""
+def start(
+    test_pack: Path, engine_env: dict[str, str], engine: str, tmp_path: Path
+) -> Iterator[Start]:
+    """start(script, *flags) runs `smolpack run [flags] <pack> -- script` in the background;
+    afterwards, no VMM of it may run and its temp dirs must be empty."""
     runs: list[Run] = []
     tmp, run = tmp_path / "tmp", tmp_path / "run"
     tmp.mkdir()
     run.mkdir()
-    env = {**e2e_env, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
+    env = {**engine_env, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
 
     def _start(script: str, *flags: str) -> Run:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "smolpack", "run", *flags, str(smolfile_dir), "--", script],
+            [sys.executable, "-m", "smolpack", "run", *flags, str(test_pack), "--", script],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd=REPO,
         )
-        runs.append(Run(proc, run, time.monotonic()))
+        runs.append(Run(proc, run, engine, time.monotonic()))
         return runs[-1]
 
     yield _start
@@ -112,8 +108,8 @@ def start(smolfile_dir: Path, e2e_env: dict[str, str], tmp_path: Path) -> Iterat
         if r.proc.poll() is None:
             r.proc.kill()
             r.proc.communicate()
-    # The launcher reaps its QEMU before it exits: nothing may be left, not even briefly.
-    assert qemu_pids(str(run)) == set(), "QEMU outlived the run"
+    # The launcher reaps its VMM before it exits: nothing may be left, not even briefly.
+    assert vmm_pids(engine, str(run)) == set(), "the VMM outlived the run"
     assert list(run.iterdir()) == [], "run files left in XDG_RUNTIME_DIR"
     assert list(tmp.iterdir()) == [], "files left in TMPDIR"
 
@@ -156,8 +152,8 @@ def test_a_second_signal_ends_a_program_that_ignores_the_first(start: Start, sig
 def test_a_signal_before_the_program_starts_aborts_the_boot(start: Start) -> None:
     run = start("echo started; sleep 30", "--cold")  # a cold boot: seconds before the program
     deadline = time.monotonic() + 60
-    while not run.qemus():
-        assert run.proc.poll() is None and time.monotonic() < deadline, "no QEMU started"
+    while not run.vmms():
+        assert run.proc.poll() is None and time.monotonic() < deadline, "no VMM started"
         time.sleep(0.02)
     os.kill(run.proc.pid, signal.SIGTERM)
     code, err, _ = run.finish()
@@ -187,29 +183,29 @@ def test_agent_crash_is_one_error_line_121(start: Start) -> None:
     assert took < 25
 
 
-def test_qemu_killed_from_outside_is_one_error_line_121(start: Start) -> None:
+def test_vmm_killed_from_outside_is_one_error_line_121(start: Start, engine: str) -> None:
     run = start("echo started; sleep 30")
     assert run.readline() == b"started\n"
-    (qemu,) = run.qemus()
+    (vmm,) = run.vmms()
     killed = time.monotonic()
-    os.kill(qemu, signal.SIGKILL)
+    os.kill(vmm, signal.SIGKILL)
     code, err, _ = run.finish()
     assert code == 121, err.decode()
-    assert err == b"Error: the VM stopped unexpectedly (QEMU was killed by SIGKILL)\n"
+    assert err == b"Error: the VM stopped unexpectedly (" + KILLED[engine] + b")\n"
     assert time.monotonic() - killed < 10
 
 
-def test_sigkill_takes_qemu_down_and_the_next_run_sweeps_the_files(start: Start) -> None:
+def test_sigkill_takes_the_vmm_down_and_the_next_run_sweeps_the_files(start: Start) -> None:
     run = start("echo started; sleep 30")
     assert run.readline() == b"started\n"
-    (qemu,) = run.qemus()
+    assert len(run.vmms()) == 1
     run.proc.kill()  # nothing can clean up after SIGKILL...
     code, _, _ = run.finish()
     assert code == -signal.SIGKILL
     deadline = time.monotonic() + 10
-    while run.qemus() and time.monotonic() < deadline:  # ...but QEMU dies with its parent
+    while run.vmms() and time.monotonic() < deadline:  # ...but the VMM dies with its parent
         time.sleep(0.05)
-    assert run.qemus() == set()
+    assert run.vmms() == set()
     (left,) = run.run_dir.iterdir()
     assert (left / "overlay.qcow2").is_file()
     again = start("true")  # the next run removes what the killed one left

@@ -1,8 +1,9 @@
 """Packed executables, run as a user would: `smolpack create -o tool`, then `./tool args`.
 
-Each tool runs from a directory of its own with a cache that starts empty, under QEMU (TCG)
-here. The PyInstaller onefile stub unpacks itself under TMPDIR at every start, so every run
-points TMPDIR and XDG_RUNTIME_DIR at directories the test then expects to find empty.
+Each tool runs from a directory of its own with a cache that starts empty, under each engine
+(`engine` fixture: QEMU (TCG) here, krun in the nested-KVM lane). The PyInstaller onefile
+stub unpacks itself under TMPDIR at every start, so every run points TMPDIR and
+XDG_RUNTIME_DIR at directories the test then expects to find empty.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_helpers import REPO, make_busybox_rootfs, qemu_pids, smolpack
+from e2e_helpers import KILLED, REPO, STATE, make_busybox_rootfs, smolpack, vmm_pids
 
 pytestmark = pytest.mark.vm
 
@@ -30,9 +31,11 @@ WORDFREQ_OUT = (
 
 
 @pytest.fixture(scope="session")
-def tools(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str]) -> dict[str, Path]:
-    """`wordfreq` (the README's example) and `sh` (runs `sh -c ARGS`), built once."""
-    root = tmp_path_factory.mktemp("tools")
+def tools(
+    tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str], engine: str
+) -> dict[str, Path]:
+    """`wordfreq` (the README's example) and `sh` (runs `sh -c ARGS`), built once per engine."""
+    root = tmp_path_factory.mktemp(f"tools-{engine}")
     example = root / "wordfreq"
     shutil.copytree(
         REPO / "examples" / "wordfreq", example, ignore=shutil.ignore_patterns("rootfs")
@@ -47,19 +50,20 @@ def tools(tmp_path_factory: pytest.TempPathFactory, e2e_env: dict[str, str]) -> 
     built = {}
     for name, src in (("wordfreq", example), ("sh", shell)):
         out = root / "dist" / name
-        res = smolpack("create", "-q", "-o", str(out), str(src), env=e2e_env)
+        res = smolpack("create", "-q", f"--state={engine}", "-o", str(out), str(src), env=e2e_env)
         assert res.returncode == 0, res.stderr.decode()
         built[name] = out
     return built
 
 
 @pytest.fixture
-def user_dir(tmp_path: Path) -> Iterator[dict[str, str]]:
+def user_dir(tmp_path: Path, engine: str) -> Iterator[dict[str, str]]:
     """Env of a user elsewhere: fresh cache, own TMPDIR and runtime dir (checked empty)."""
     for sub in ("cache", "tmp", "run"):
         (tmp_path / sub).mkdir()
     yield {
         **os.environ,
+        "SMOLPACK_ENGINE": engine,
         "SMOLPACK_CACHE_DIR": str(tmp_path / "cache"),
         "TMPDIR": str(tmp_path / "tmp"),
         "XDG_RUNTIME_DIR": str(tmp_path / "run"),
@@ -123,22 +127,27 @@ def test_runs_never_write_the_shipped_file(
     tool = tools["sh"]
     before = hashlib.sha256(tool.read_bytes()).hexdigest()
     assert run_tool(tool, "echo scribble > /root/warm; sync", env=user_dir).returncode == 0
-    res = run_tool(tool, "cat /root/warm", env=user_dir)
+    # krun runs from a copy of the base disk in the cache: that copy is never written either
+    cached = sorted(Path(user_dir["SMOLPACK_CACHE_DIR"]).glob("disk/*"))
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in cached]
+    res = run_tool(tool, "cat /root/warm; echo again > /root/warm; sync", env=user_dir)
     assert res.stdout == b"warm\n"
     assert hashlib.sha256(tool.read_bytes()).hexdigest() == before
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in cached] == digests
     assert smolpack("verify", str(tool)).returncode == 0
 
 
-def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str]) -> None:
+def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str], engine: str) -> None:
     tool = tools["sh"]
     info = run_tool(tool, "--smol-info", env=user_dir)
     assert info.returncode == 0
-    assert b"\nengine    qemu (tcg), restoring qemu-x86_64: " in info.stdout
+    label = "qemu (tcg)" if engine == "qemu" else "krun"
+    assert f"\nengine    {label}, restoring {engine}-x86_64: ".encode() in info.stdout
     cold = run_tool(tool, "--smol-cold", "cat /root/warm; exit 3", env=user_dir)
     assert (cold.returncode, cold.stdout) == (3, b"warm\n")
     debug = run_tool(tool, "--smol-debug", "true", env=user_dir)
     assert debug.returncode == 0
-    assert b"smolpack: qemu restore open=" in debug.stderr
+    assert f"smolpack: {engine} restore ".encode() in debug.stderr
     kept = [line for line in debug.stderr.decode().splitlines() if "run files kept in" in line]
     shutil.rmtree(kept[0].split(" in ", 1)[1])
     krun = run_tool(tool, "--smol-engine=krun", "true", env=user_dir)
@@ -148,25 +157,26 @@ def test_smol_options(tools: dict[str, Path], user_dir: dict[str, str]) -> None:
 
 
 def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
-    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path
+    tools: dict[str, Path], user_dir: dict[str, str], tmp_path: Path, engine: str
 ) -> None:
     tool = tmp_path / "flipped"
     shutil.copy2(tools["sh"], tool)
+    section = STATE[engine]
     with open(tool, "r+b") as f:
         from smolpack.payload import open_payload
 
         with open_payload(tool) as payload:
-            at, _ = payload.section_file_range("qemu-x86_64/migration")
+            at, _ = payload.section_file_range(section)
         f.seek(at + 4096)
         byte = f.read(1)
         f.seek(at + 4096)
         f.write(bytes([byte[0] ^ 0x01]))
     verify = smolpack("verify", str(tool))
     assert verify.returncode == 114
-    assert b"section 'qemu-x86_64/migration' digest mismatch" in verify.stderr
+    assert f"section '{section}' digest mismatch".encode() in verify.stderr
     res = run_tool(tool, "true", env=user_dir)
     assert res.returncode == 114
-    assert res.stderr.startswith(f"Error: {tool}: section 'qemu-x86_64/migration' ".encode())
+    assert res.stderr.startswith(f"Error: {tool}: section '{section}' ".encode())
     assert res.stderr.count(b"\n") == 1
 
 
@@ -185,10 +195,10 @@ def test_truncated_tool_fails_cleanly(
 
 
 def test_ctrl_c_stops_the_tool_and_leaves_nothing(
-    tools: dict[str, Path], user_dir: dict[str, str]
+    tools: dict[str, Path], user_dir: dict[str, str], engine: str
 ) -> None:
     marker = user_dir["SMOLPACK_CACHE_DIR"]  # the kernel QEMU boots lives there
-    before = qemu_pids(marker)
+    before = vmm_pids(engine, marker)
     proc = subprocess.Popen(
         [str(tools["sh"]), "echo started; sleep 30"],
         stdout=subprocess.PIPE,
@@ -203,9 +213,9 @@ def test_ctrl_c_stops_the_tool_and_leaves_nothing(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     deadline = time.monotonic() + 10
-    while qemu_pids(marker) - before and time.monotonic() < deadline:
+    while vmm_pids(engine, marker) - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert qemu_pids(marker) - before == set()
+    assert vmm_pids(engine, marker) - before == set()
 
 
 def start_sleeping_tool(
@@ -223,50 +233,50 @@ def start_sleeping_tool(
     return proc
 
 
-def test_qemu_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
-    tools: dict[str, Path], user_dir: dict[str, str]
+def test_vmm_killed_under_the_tool_is_one_error_line_and_leaves_nothing(
+    tools: dict[str, Path], user_dir: dict[str, str], engine: str
 ) -> None:
     marker = user_dir["XDG_RUNTIME_DIR"]  # this run's overlay lives there
     proc = start_sleeping_tool(tools, user_dir)
-    (qemu,) = qemu_pids(marker)
+    (vmm,) = vmm_pids(engine, marker)
     killed = time.monotonic()
-    os.kill(qemu, signal.SIGKILL)
+    os.kill(vmm, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 121, err.decode()
-    assert err == b"Error: the VM stopped unexpectedly (QEMU was killed by SIGKILL)\n"
+    assert err == b"Error: the VM stopped unexpectedly (" + KILLED[engine] + b")\n"
     assert time.monotonic() - killed < 10
-    assert qemu_pids(marker) == set()
+    assert vmm_pids(engine, marker) == set()
 
 
 def test_sigkill_of_the_tool_ends_its_run_and_leaves_nothing(
-    tools: dict[str, Path], user_dir: dict[str, str]
+    tools: dict[str, Path], user_dir: dict[str, str], engine: str
 ) -> None:
     # SIGKILL hits the PyInstaller bootloader only; its Python child (the launcher proper)
     # must not run on without it, nor leave the bootloader's unpacked files behind.
     marker = user_dir["XDG_RUNTIME_DIR"]
     proc = start_sleeping_tool(tools, user_dir)
-    assert qemu_pids(marker)
+    assert vmm_pids(engine, marker)
     proc.kill()
     proc.wait()
     dirs = [Path(user_dir["TMPDIR"]), Path(marker)]
     deadline = time.monotonic() + 15  # far less than the program's 30 s
-    while qemu_pids(marker) or any(list(d.iterdir()) for d in dirs):
+    while vmm_pids(engine, marker) or any(list(d.iterdir()) for d in dirs):
         assert time.monotonic() < deadline, [list(d.iterdir()) for d in dirs]
         time.sleep(0.1)
     proc.communicate()
 
 
 def test_bare_payload_runs_through_smolpack_run(
-    tmp_path: Path, e2e_env: dict[str, str], tools: dict[str, Path]
+    tmp_path: Path, engine_env: dict[str, str], engine: str
 ) -> None:
     src = tmp_path / "src"
     make_busybox_rootfs(src / "rootfs")
     (src / "Smolfile").write_text('image = "./rootfs"\nentrypoint = ["/bin/echo"]\nmemory = 128\n')
     out = tmp_path / "echo.smolmachine"
-    res = smolpack("create", "-q", "-o", str(out), str(src), env=e2e_env)
+    res = smolpack("create", "-q", f"--state={engine}", "-o", str(out), str(src), env=engine_env)
     assert res.returncode == 0, res.stderr.decode()
     assert out.read_bytes()[:8] != b"\x7fELF\x02\x01\x01\x00"
-    res = smolpack("run", str(out), "--", "hello", "world", env=e2e_env)
+    res = smolpack("run", str(out), "--", "hello", "world", env=engine_env)
     assert (res.returncode, res.stdout) == (0, b"hello world\n")
 
 

@@ -1,0 +1,89 @@
+"""Benchmark, in the nested-KVM lane: krun restore vs krun cold boot, and krun restore vs
+QEMU restore of the same pack (`make kvm-bench` runs it inside an L1 machine).
+
+Builds one pack carrying both engines' states (`create --state=auto`: the krun build VM
+under KVM, QEMU's under TCG, both inside L1), then alternates the runs, each `smolpack run
+--debug PACK -- echo ready`, and reads two times per run: the wall time to the first byte
+of output (Python start included) and the launcher's own `exit=` timing (open → program
+exit, what the engine costs). Prints medians and ratios. L1 is itself emulated (QEMU TCG),
+so the absolute times say nothing about real hardware; the ratios are what to read.
+
+    python bench/bench_krun.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(seconds to the first output byte, the launcher's exit= timing in seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.read(1)
+    took = time.perf_counter() - start
+    proc.stdout.read()
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0 or first != b"r":
+        raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {proc.returncode}): {err}")
+    m = re.search(r" exit=(\d+)ms", err)
+    if m is None:
+        raise SystemExit(f"bench: no timing line in: {err}")
+    for line in err.splitlines():
+        if "run files kept in" in line:
+            subprocess.run(["rm", "-rf", line.split(" in ", 1)[1]])
+    return took, int(m.group(1)) / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+    with tempfile.TemporaryDirectory(prefix="bench-krun-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "SMOLPACK_CACHE_DIR": str(work / "cache")}
+        subprocess.run([ROOT / "examples/make-busybox-rootfs.sh", work / "rootfs"], check=True)
+        (work / "Smolfile").write_text(
+            'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
+            'init = ["echo warm > /root/warm"]\n'
+        )
+        pack = work / "bench.smolmachine"
+        smolpack = [sys.executable, "-m", "smolpack"]
+        subprocess.run([*smolpack, "create", "-q", "-o", pack, work], check=True, env=env)
+        kinds = {
+            "krun restore": ["--engine=krun"],
+            "krun cold boot": ["--engine=krun", "--cold"],
+            "qemu restore": ["--engine=qemu"],
+        }
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+        for flags in kinds.values():  # warm the caches (kernel, memory image, base disk)
+            one_run([*smolpack, "run", "--debug", *flags, str(pack), "--", "echo ready"], env)
+        for _ in range(rounds):
+            for kind, flags in kinds.items():
+                cmd = [*smolpack, "run", "--debug", *flags, str(pack), "--", "echo ready"]
+                runs[kind].append(one_run(cmd, env))
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
+           for k, v in runs.items()}  # fmt: skip
+    print(f"{rounds} rounds, alternating, inside L1 (QEMU under TCG there, krun under KVM)")
+    for kind, (wall, engine) in med.items():
+        print(
+            f"{kind:15s} first byte {wall * 1000:7.0f} ms   launcher exit= {engine * 1000:7.0f} ms"
+        )
+    for a, b in (("krun cold boot", "krun restore"), ("qemu restore", "krun restore")):
+        print(f"{b} vs {a}: {med[a][0] / med[b][0]:.1f}x faster to first byte,"
+              f" {med[a][1] / med[b][1]:.1f}x by the launcher's exit= timing")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
