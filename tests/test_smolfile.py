@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smolpack.errors import ImageError, SmolfileError
+from smolpack.errors import SmolfileError
 from smolpack.smolfile import (
     IGNORED_KEYS,
     ArtifactOverrides,
@@ -15,7 +15,7 @@ from smolpack.smolfile import (
     SmolConfig,
     Volume,
     load_smolfile,
-    require_local_image,
+    require_image,
 )
 
 
@@ -204,13 +204,13 @@ def test_missing_image_loads_with_a_warning_and_create_refuses(tmp_path: Path) -
     cfg = load(tmp_path, "cpus = 2\n")
     assert cfg.image is None
     assert cfg.warnings == (
-        f"{tmp_path}/Smolfile: warning: no 'image' set; 'smolpack create' will need a local image",
+        f"{tmp_path}/Smolfile: warning: no 'image' set; 'smolpack create' will need an image",
     )
     with pytest.raises(SmolfileError) as exc:
-        require_local_image(cfg)
+        require_image(cfg)
     assert str(exc.value) == (
-        f"{tmp_path}/Smolfile: no 'image' set; smolpack needs a local image"
-        " (rootfs directory, tarball, OCI layout or docker archive)"
+        f"{tmp_path}/Smolfile: no 'image' set; smolpack needs an image (a registry reference"
+        " like alpine:3.20, a rootfs directory, tarball, OCI layout or docker archive)"
     )
 
 
@@ -256,19 +256,13 @@ def test_registry_references(tmp_path: Path, ref: str) -> None:
     }
 
 
-def test_require_local_image_refuses_registry_ref_with_one_line(tmp_path: Path) -> None:
-    cfg = load(tmp_path, '# base\nimage = "python:3.12-alpine"\n')
-    with pytest.raises(ImageError) as exc:
-        require_local_image(cfg)
-    assert exc.value.exit_code == 6
-    assert str(exc.value) == (
-        f"{tmp_path}/Smolfile:2: image 'python:3.12-alpine' is a registry reference; pulling is"
-        " not supported yet, use a local rootfs directory, tarball, OCI layout or docker archive"
-    )
+def test_require_image_accepts_a_registry_ref(tmp_path: Path) -> None:
+    image = require_image(load(tmp_path, '# base\nimage = "python:3.12-alpine"\n'))
+    assert (image.kind, image.path, image.line) == ("registry", None, 2)
 
 
 def test_existing_bare_name_is_local(proj: Path) -> None:
-    image = require_local_image(load(proj, 'image = "rootfs"\n'))
+    image = require_image(load(proj, 'image = "rootfs"\n'))
     assert (image.kind, image.path) == ("rootfs-dir", proj / "rootfs")
 
 
@@ -277,7 +271,7 @@ def test_local_image_kinds(tmp_path: Path) -> None:
     (tmp_path / "layout" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (tmp_path / "img.tar").write_bytes(b"")
     kinds = {
-        raw: require_local_image(load(tmp_path, f'image = "{raw}"\n')).kind
+        raw: require_image(load(tmp_path, f'image = "{raw}"\n')).kind
         for raw in ("./layout", "img.tar", str(tmp_path / "layout"), ".")
     }
     assert kinds == {

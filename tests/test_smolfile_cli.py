@@ -104,7 +104,10 @@ def test_registry_image_is_shown_not_refused(
     (tmp_path / "Smolfile").write_text('image = "python:3.12-alpine"\n')
     code, out, _ = run_main(capsys, "smolfile", "check", str(tmp_path))
     assert code == 0
-    assert "image       python:3.12-alpine (registry reference; pulled by create and run)" in out
+    assert (
+        "image       python:3.12-alpine = docker.io/library/python:3.12-alpine"
+        " (registry reference; pulled by create and run)"
+    ) in out
 
 
 def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:

@@ -142,7 +142,7 @@ def test_docker_in_vm(proj: Path) -> None:
     assert cfg.image is None and len(cfg.init) == 3
     s = f"{proj}/Smolfile"
     assert cfg.warnings == (
-        f"{s}: warning: no 'image' set; 'smolpack create' will need a local image",
+        f"{s}: warning: no 'image' set; 'smolpack create' will need an image",
         f"{s}:5: warning: 'storage' is ignored by smolpack"
         " (the pack's disk is sized from the image and build output)",
         f"{s}:6: warning: 'docker_socket' is ignored by smolpack (no host socket bridge in packs)",

@@ -25,7 +25,11 @@ def format_config(config: SmolConfig) -> str:
     if image is None:
         rows.append(("image", "(none)"))
     elif image.is_registry_ref:
-        rows.append(("image", f"{image.raw} (registry reference; pulled by create and run)"))
+        from smolpack.registry import parse_reference
+
+        full = parse_reference(image.raw)  # the Smolfile parser accepted the same grammar
+        shown = image.raw if str(full) == image.raw else f"{image.raw} = {full}"
+        rows.append(("image", f"{shown} (registry reference; pulled by create and run)"))
     else:
         rows.append(("image", f"{image.raw} ({image.kind} at {image.path})"))
     rows += [("entrypoint", _words(config.entrypoint)), ("cmd", _words(config.cmd))]

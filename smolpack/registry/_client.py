@@ -16,12 +16,10 @@ caches it per scope.
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.client
 import json
 import os
-import re
 import socket
 import ssl
 import urllib.error
@@ -34,12 +32,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from smolpack.errors import ImageError, RegistryNotFound, RegistryUnauthorized, RegistryUnreachable
-from smolpack.registry import _credentials
+from smolpack.registry import _auth, _credentials
 from smolpack.registry._reference import plain_http_allowed
 
 TIMEOUT_S = 60.0  # per socket operation; a stalled registry ends with "unreachable"
 JSON_MAX_BYTES = 4 << 20  # manifests and configs are KiBs
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 USER_AGENT = "smolpack"
 # What a broken connection raises below urllib: refused, reset, timeout, TLS, a garbled reply.
 NET_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
@@ -214,7 +211,7 @@ class RegistryClient:
             detail = _error_detail(resp)
             resp.close()
             if status == 401 and attempt == 0 and challenge:
-                self._challenge = _parse_challenge(challenge)
+                self._challenge = _auth.parse_challenge(challenge)
                 self._authenticate(scope)
                 continue
             raise self._http_error(status, what, detail)
@@ -256,7 +253,7 @@ class RegistryClient:
     def _note_ping(self, resp: HTTPResponse) -> None:
         challenge = resp.headers.get("WWW-Authenticate", "")
         if resp.status == 401 and challenge:
-            self._challenge = _parse_challenge(challenge)
+            self._challenge = _auth.parse_challenge(challenge)
         resp.close()
 
     def _unreachable(self, err: BaseException) -> RegistryUnreachable:
@@ -311,9 +308,8 @@ class RegistryClient:
             token = self._tokens.get(scope)
             return f"Bearer {token}" if token else None
         creds = self._stored_creds()
-        if kind == "basic" and creds is not None and (creds.username or creds.password):
-            pair = f"{creds.username}:{creds.password}".encode()
-            return "Basic " + base64.b64encode(pair).decode()
+        if kind == "basic" and creds is not None and _auth.has_password(creds):
+            return _auth.basic_value(creds)
         return None
 
     def _authenticate(self, scope: str) -> None:
@@ -321,11 +317,8 @@ class RegistryClient:
         kind, params = self._challenge
         creds = self._stored_creds()
         if kind == "basic":
-            if creds is None or not (creds.username or creds.password):
-                raise RegistryUnauthorized(
-                    f"registry {self.registry} requires credentials and none were found"
-                    f" in {_credentials.config_path()} (docker login {self.registry})"
-                )
+            if not _auth.has_password(creds):
+                raise _auth.missing_credentials(self.registry)
             return
         if kind != "bearer":
             raise RegistryUnauthorized(
@@ -334,63 +327,26 @@ class RegistryClient:
         if creds is not None and creds.bearer:
             self._tokens[scope] = creds.bearer
             return
-        self._tokens[scope] = self._fetch_token(params, scope, creds)
-
-    def _fetch_token(
-        self, params: dict[str, str], scope: str, creds: _credentials.Credentials | None
-    ) -> str:
-        realm = params.get("realm")
-        if not realm:
-            raise RegistryUnauthorized(f"registry {self.registry}: Bearer challenge has no realm")
-        query = {"scope": scope}
-        if params.get("service"):
-            query["service"] = params["service"]
-        if creds is not None and creds.identity_token:
-            form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token,
-                        client_id=USER_AGENT)  # fmt: skip
-            req = urllib.request.Request(
-                realm, data=urllib.parse.urlencode(form).encode(), method="POST"
-            )
-        else:
-            req = urllib.request.Request(f"{realm}?{urllib.parse.urlencode(query)}", method="GET")
-            if creds is not None and (creds.username or creds.password):
-                pair = f"{creds.username}:{creds.password}".encode()
-                req.add_unredirected_header(
-                    "Authorization", "Basic " + base64.b64encode(pair).decode()
-                )
+        req = _auth.token_request(params, scope, creds, self.registry)
+        realm = params["realm"]
         try:
             with self._open(req) as resp:
-                doc = json.loads(resp.read(JSON_MAX_BYTES))
+                data = resp.read(JSON_MAX_BYTES)
         except _HttpStatus as status:
             code = status.response.status
             status.response.close()
             if code in (401, 403):
-                raise self._refused() from None
+                raise _auth.refused(self.registry, creds) from None
             raise ImageError(f"token service {realm} answered HTTP {code}") from None
         except NET_ERRORS as err:
             raise RegistryUnreachable(
                 f"token service {realm} is unreachable ({_reason(err)})"
             ) from None
-        except ValueError:
-            raise ImageError(f"token service {realm} did not answer JSON") from None
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token:
-            raise ImageError(f"token service {realm} answered without a token")
-        return token
-
-    def _refused(self) -> RegistryUnauthorized:
-        if self._stored_creds() is None:
-            return RegistryUnauthorized(
-                f"registry {self.registry} refused anonymous access; log in"
-                f" (docker login {self.registry}) or check the name"
-            )
-        return RegistryUnauthorized(
-            f"registry {self.registry} rejected the credentials from {_credentials.config_path()}"
-        )
+        self._tokens[scope] = _auth.parse_token(data, realm)
 
     def _http_error(self, status: int, what: str, detail: str) -> ImageError:
         if status in (401, 403):
-            return self._refused()
+            return _auth.refused(self.registry, self._stored_creds())
         if status == 404:
             return RegistryNotFound(f"{what}: not found{detail}")
         return ImageError(f"{what}: registry {self.endpoint} answered HTTP {status}{detail}")
@@ -402,11 +358,6 @@ class _HttpStatus(Exception):
     def __init__(self, err: urllib.error.HTTPError) -> None:
         super().__init__(err.code)
         self.response: HTTPResponse = err  # type: ignore[assignment]
-
-
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    kind, _, rest = header.strip().partition(" ")
-    return kind.lower(), dict(_CHALLENGE_PARAM.findall(rest))
 
 
 def _error_detail(resp: HTTPResponse) -> str:

@@ -23,7 +23,6 @@ from smolpack.smolfile._model import (
     SmolConfig,
     Volume,
     require_image,
-    require_local_image,
 )
 
 __all__ = [
@@ -43,5 +42,4 @@ __all__ = [
     "Volume",
     "load_smolfile",
     "require_image",
-    "require_local_image",
 ]

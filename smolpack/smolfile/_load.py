@@ -326,7 +326,7 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
         oci_platform=_oci_platform(r, artifact, (artifact_key, "oci_platform")),
     )
     if image is None:
-        r.warn((), "no 'image' set; 'smolpack create' will need a local image")
+        r.warn((), "no 'image' set; 'smolpack create' will need an image")
     cpus = r.integer(doc, ("cpus",), 1, MAX_CPUS)
     memory_mib = r.memory(doc, ("memory",))
     return SmolConfig(

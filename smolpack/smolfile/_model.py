@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smolpack.errors import ImageError, SmolfileError
+from smolpack.errors import SmolfileError
 
 DEFAULT_CPUS = 1
 DEFAULT_MEMORY_MIB = 512
@@ -182,26 +182,3 @@ def require_image(config: SmolConfig) -> ImageRef:
             " a rootfs directory, tarball, OCI layout or docker archive)",
         )
     return config.image
-
-
-def require_local_image(config: SmolConfig) -> ImageRef:
-    """The config's image if it is local; raise the one-line refusal otherwise.
-
-    `create` and `run` call this before doing any work: pulling from a
-    registry is not implemented yet.
-    """
-    image = config.image
-    if image is None:
-        raise SmolfileError(
-            config.source_name,
-            "no 'image' set; smolpack needs a local image"
-            " (rootfs directory, tarball, OCI layout or docker archive)",
-        )
-    if image.is_registry_ref:
-        where = f"{config.source_name}:{image.line}" if image.line else config.source_name
-        raise ImageError(
-            f"{where}: image '{one_line(image.raw)}' is a registry reference; pulling is"
-            " not supported yet, use a local rootfs directory, tarball, OCI layout or"
-            " docker archive"
-        )
-    return image

@@ -1,7 +1,9 @@
-"""Session fixtures: three real registries on loopback and the images the tests pull.
+"""Fixtures: three real registries on loopback and the images the tests pull.
 
-Each registry starts once per session (~0.1 s) and stops at its end; images are
-written as OCI layouts with tests/image_helpers.py and copied in with skopeo.
+Each registry starts once per test module (~0.1 s) and stops, reaped, at its end:
+a registry left running as a child of pytest would be seen by later tests that
+check for leftover children (tests/test_krun_engine.py). Images are written as
+OCI layouts with tests/image_helpers.py and copied in with skopeo.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from image_helpers import (  # noqa: E402
 from registry_helpers import Registry, make_ca_and_cert, need  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     need("docker-registry", "skopeo")
     reg = Registry(tmp_path_factory.mktemp("reg-plain")).start()
@@ -38,7 +40,7 @@ def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     reg.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     need("docker-registry", "skopeo", "htpasswd")
     reg = Registry(tmp_path_factory.mktemp("reg-auth"), basic_auth=True).start()
@@ -46,13 +48,13 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     reg.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def test_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     need("openssl")
     return make_ca_and_cert(tmp_path_factory.mktemp("ca"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tls_registry(
     tmp_path_factory: pytest.TempPathFactory, test_ca: tuple[Path, Path, Path]
 ) -> Iterator[Registry]:
@@ -108,7 +110,7 @@ class Images:
     docker_v2: str  # docker schema 2 manifest (skopeo --format v2s2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def images(plain_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
     tmp = tmp_path_factory.mktemp("layouts")
     base = tmp / "base"

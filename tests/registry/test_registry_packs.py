@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Images
+from image_helpers import LAYER_GZIP, E, gz, make_tar, write_oci
 from payload_helpers import VECTORS
 from registry_helpers import PASSWORD, USER, Registry, base_env, smolpack_cli
 
@@ -112,11 +112,14 @@ def test_push_refuses_a_file_that_is_not_a_pack(plain_registry: Registry, tmp_pa
     )
 
 
-def test_pull_of_an_image_is_refused(images: Images, tmp_path: Path) -> None:
-    res = smolpack_cli("pull", images.base, "-o", str(tmp_path / "x"), env=base_env(tmp_path))
+def test_pull_of_an_image_is_refused(plain_registry: Registry, tmp_path: Path) -> None:
+    write_oci(tmp_path / "oci", [(gz(make_tar([E("f", data=b"x")])), LAYER_GZIP)],
+              {"architecture": "amd64", "os": "linux"})  # fmt: skip
+    image = plain_registry.push_layout(tmp_path / "oci", "smol/an-image:1")
+    res = smolpack_cli("pull", image, "-o", str(tmp_path / "x"), env=base_env(tmp_path))
     assert (res.returncode, res.stderr) == (
         6,
-        f"Error: {images.base} is not a smolpack pack (an image? use it as a Smolfile image)\n",
+        f"Error: {image} is not a smolpack pack (an image? use it as a Smolfile image)\n",
     )
     assert not (tmp_path / "x").exists()
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import Images
@@ -185,3 +187,27 @@ def test_progress_on_a_tty_shows_bytes_against_the_total(
     text = out.decode()
     assert "\r\x1b[2K    layer 1/1" in text
     assert " / 3.0 MiB" in text  # bytes against the descriptor's total
+
+
+def test_interrupted_pull_leaves_no_temp_blob_and_no_tree(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    big = os.urandom(48 << 20)
+    write_oci(tmp_path / "oci", [(gz(make_tar([E("big", data=big)])), LAYER_GZIP)],
+              {"architecture": "amd64", "os": "linux"})  # fmt: skip
+    ref = plain_registry.push_layout(tmp_path / "oci", "smol/interrupted:1")
+    env = base_env(tmp_path)
+    blobs = tmp_path / "cache" / "blobs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smolpack", "image", "unpack", "-q", ref, str(tmp_path / "root")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (blobs.is_dir() and any(p.name.endswith(".tmp") for p in blobs.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "no download seen"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # mid-download: unwound like Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip()) == (143, b"Aborted.")  # click adds a newline first
+    assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
+    assert not (tmp_path / "root").exists()

@@ -73,6 +73,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802 - OAuth2 refresh-token grant (docker's identitytoken)
+        length = int(self.headers.get("Content-Length", "0"))
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        assert form["grant_type"] == ["refresh_token"]
+        self.server.requests.append((form["scope"][0], form["refresh_token"][0], True))
+        kind, _, rest = form["scope"][0].partition(":")
+        name, _, actions = rest.rpartition(":")
+        access = [{"type": kind, "name": name, "actions": actions.split(",")}]
+        body = json.dumps({"access_token": self.server.sign(access)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -142,3 +157,28 @@ def test_token_is_asked_with_config_credentials(
     res = smolpack_cli("image", "unpack", "-q", ref, str(tmp_path / "root"), env=env)
     assert res.returncode == 0, res.stderr
     assert service.requests == [("repository:smol/mine:pull", SERVICE, True)]
+
+
+def test_identity_token_from_a_credential_helper_is_exchanged(
+    token_registry: tuple[Registry, TokenService], tmp_path: Path
+) -> None:
+    reg, service = token_registry
+    oci = tmp_path / "oci"
+    write_oci(oci, [(gz(make_tar([E("id", data=b"x\n")])), LAYER_GZIP)],
+              {"architecture": "amd64", "os": "linux"})  # fmt: skip
+    ref = reg.push_layout(oci, "smol/ident:1")
+    env = base_env(tmp_path)
+    helper = tmp_path / "bin" / "docker-credential-idtok"
+    helper.parent.mkdir()
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        'printf \'{"ServerURL":"%s","Username":"<token>","Secret":"refresh-123"}\''
+        ' "$server"\n'
+    )
+    helper.chmod(0o755)
+    env["PATH"] = f"{helper.parent}{os.pathsep}{env['PATH']}"
+    (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(json.dumps({"credsStore": "idtok"}))
+    service.requests.clear()
+    res = smolpack_cli("image", "unpack", "-q", ref, str(tmp_path / "root"), env=env)
+    assert res.returncode == 0, res.stderr
+    assert service.requests == [("repository:smol/ident:pull", "refresh-123", True)]
