@@ -73,7 +73,7 @@ def make_test_pack(
     )
     out = root / "test.smolmachine"
     cmd = ["create", f"--state={state}", *flags, "-o", str(out), str(root)]
-    res = smolpack(*cmd, env=e2e_env)
+    res = smolpack(*cmd, env=e2e_env, timeout=1200)  # minutes under nested KVM
     assert res.returncode == 0, res.stderr.decode()
     return out
 
