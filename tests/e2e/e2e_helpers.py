@@ -54,7 +54,9 @@ def smolpack(
     )
 
 
-VMM_COMM = "smolpack-vmm"  # the krun engine's VMM child names itself so (PR_SET_NAME)
+# The krun engine's VMM child names itself smolpack-vmm (PR_SET_NAME); once it enters,
+# libkrun renames the thread "libkrun VM".
+VMM_COMMS = ("smolpack-vmm", "libkrun VM")
 # How each engine's VMM dying under a run is named (formats/exit-codes.md, "A VM that stops").
 KILLED = {
     "qemu": b"QEMU was killed by SIGKILL",
@@ -73,7 +75,7 @@ def vmm_pids(engine: str, marker: str = "") -> set[int]:
         if not entry.isdigit():
             continue
         try:
-            if Path(f"/proc/{entry}/comm").read_text().strip() != VMM_COMM:
+            if Path(f"/proc/{entry}/comm").read_text().strip() not in VMM_COMMS:
                 continue
             seen = Path(f"/proc/{entry}/cmdline").read_bytes()
             seen += Path(f"/proc/{entry}/environ").read_bytes()
