@@ -47,7 +47,7 @@ from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, cre
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
 from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
-from smolpack.smolfile import SmolConfig, require_local_image
+from smolpack.smolfile import SmolConfig, require_local_image, require_supported
 
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
@@ -70,6 +70,7 @@ def build_payload(
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
     """
     image = require_local_image(config)
+    require_supported(config)
     assert image.path is not None
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
     try:
@@ -94,6 +95,14 @@ def build_payload(
             env=merge_env(defaults.env, config.env),
             workdir=config.workdir or defaults.workdir or "",
             kernel_cmdline=KERNEL_CMDLINE,
+            # Run-time attachments: references only. Secrets never reach `env`, so build
+            # steps (and the state saved after them) cannot see a value.
+            ports=tuple((m.host_port, m.guest_port) for m in config.ports),
+            ssh_agent=config.ssh_agent,
+            secrets=tuple(
+                (x.name, "env", x.from_env) if x.from_env else (x.name, "file", x.from_file or "")
+                for x in config.secrets
+            ),
         )
         qemu_machine = QemuMachine(
             guest_arch=GUEST_ARCH,

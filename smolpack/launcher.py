@@ -10,6 +10,9 @@ appears:
     --smol-engine=E        auto (default), krun or qemu   (env: SMOLPACK_ENGINE)
     --smol-cold            boot the VM instead of restoring its saved state
     --smol-debug           timings, the console log on failure, keep the run files
+    --smol-port H:G        forward 127.0.0.1:H to the guest's port G (repeatable)
+    --smol-ssh-agent       the program reaches your ssh-agent (SSH_AUTH_SOCK)
+    --smol-allow-unfiltered-egress   run a pack with egress allow lists under QEMU anyway
 
 The tool's own exit status passes through unchanged; the launcher's own failures print one
 `Error:` line and use the reserved block of formats/exit-codes.md (110-125). Only `main`
@@ -27,7 +30,14 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 PREFIX = "--smol-"
-FLAGS = ("help", "version", "info", "cold", "debug")
+FLAGS = ("help", "version", "info", "cold", "debug", "ssh-agent", "allow-unfiltered-egress")
+# Options with a value, as `--smol-NAME=V` or `--smol-NAME V`.
+VALUED = ("port",)
+# Parsed but not carried out yet: refused with one line rather than ignored.
+NOT_YET = {
+    "volume": "host directories are not supported yet",
+    "cwd": "sharing the current directory is not supported yet",
+}
 ENV_ENGINE = "SMOLPACK_ENGINE"
 
 HELP = """\
@@ -42,11 +52,20 @@ Launcher options (reserved namespace, accepted anywhere on the command line):
   --smol-engine=ENGINE   auto (default), krun or qemu
   --smol-cold            boot the VM instead of restoring its saved state
   --smol-debug           print timings and the VM console on failure; keep run files
+  --smol-port HOST:GUEST forward 127.0.0.1:HOST to the guest's port GUEST for this run
+                         (repeatable; works without network; adds to the pack's ports)
+  --smol-ssh-agent       give the program an SSH_AUTH_SOCK that reaches your ssh-agent
+                         (no key enters the VM)
+  --smol-allow-unfiltered-egress
+                         run a pack whose network is limited to allow lists under QEMU,
+                         which cannot filter: its egress is then unrestricted
 
 Environment:
   SMOLPACK_ENGINE        default for --smol-engine
   SMOLPACK_CACHE_DIR     where files materialized from the pack are cached
                          (default ~/.cache/smolpack)
+  SSH_AUTH_SOCK          your ssh-agent (--smol-ssh-agent, [auth] ssh_agent)
+  the pack's [secrets]   read from your environment or files at each run
 """
 
 
@@ -58,6 +77,9 @@ class LaunchOptions:
     cold: bool = False  # --smol-cold
     debug: bool = False  # --smol-debug
     engine: str = "auto"  # --smol-engine / SMOLPACK_ENGINE
+    port: tuple[str, ...] = ()  # --smol-port HOST:GUEST, repeatable
+    ssh_agent: bool = False  # --smol-ssh-agent
+    allow_unfiltered_egress: bool = False  # --smol-allow-unfiltered-egress
 
 
 def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple[
@@ -68,13 +90,23 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
 
     values: dict[str, object] = {"engine": env.get(ENV_ENGINE) or "auto"}
     tool_args: list[str] = []
-    for arg in argv:
+    ports: list[str] = []
+    args = iter(argv)
+    for arg in args:
         if not arg.startswith(PREFIX):
             tool_args.append(arg)
             continue
         name, eq, value = arg[len(PREFIX) :].partition("=")
-        if name in FLAGS and not eq:
-            values[name] = True
+        if name in NOT_YET:
+            raise UsageError(f"{PREFIX}{name}: {NOT_YET[name]}")
+        if name in VALUED:
+            if not eq:
+                value = next(args, "")
+            if not value:
+                raise UsageError(f"{PREFIX}{name} needs a value: {PREFIX}{name} HOST:GUEST")
+            ports.append(value)
+        elif name in FLAGS and not eq:
+            values[name.replace("-", "_")] = True
         elif name == "engine" and eq:
             values["engine"] = value
         elif name == "engine":
@@ -86,6 +118,7 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
             "--smol-engine" if any(a.startswith(PREFIX + "engine") for a in argv) else ENV_ENGINE
         )
         raise UsageError(f"{source} must be auto, krun or qemu (got {values['engine']!r})")
+    values["port"] = tuple(ports)
     return LaunchOptions(**values), tool_args  # type: ignore[arg-type]
 
 
@@ -121,9 +154,17 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
             print_info(path, opts.engine, opts.cold)
             sys.exit(0)
         bootloader = _follow_bootloader()  # here: --smol-version need not import ctypes
+        from smolpack.agent.channels import parse_port_forward
         from smolpack.runner import RunOptions, run_payload
 
-        options = RunOptions(engine=opts.engine, cold=opts.cold, debug=opts.debug)
+        options = RunOptions(
+            engine=opts.engine,
+            cold=opts.cold,
+            debug=opts.debug,
+            ports=tuple(parse_port_forward(spec, "--smol-port") for spec in opts.port),
+            ssh_agent=opts.ssh_agent,
+            unfiltered_egress=opts.allow_unfiltered_egress,
+        )
         sys.exit(run_payload(path, tool_args, options))
     except SmolpackError as err:
         err.show()

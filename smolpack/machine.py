@@ -28,25 +28,36 @@ class MachineConfig:
     kernel_cmdline: str  # the guest kernel command line (equal at save and restore)
     allow_hosts: tuple[str, ...] = ()  # egress allow list (krun: TSI egress policy), host names
     allow_cidrs: tuple[str, ...] = ()  # egress allow list, networks like "10.0.0.0/8"
+    ports: tuple[tuple[int, int], ...] = ()  # (host, guest) TCP forwards of every run
+    ssh_agent: bool = False  # every run reaches the host's ssh-agent ([auth] ssh_agent)
+    # [secrets] references (name, "env" | "file", variable or path); values are read on the
+    # host at each run and never stored anywhere in the pack.
+    secrets: tuple[tuple[str, str, str], ...] = ()
 
     def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """What a run executes: the entrypoint, then the user's args or else `cmd`."""
         return self.entrypoint + (tuple(args) if args else self.cmd)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "cpus": self.cpus,
-            "memory_mib": self.memory_mib,
-            "net": self.net,
-            "entrypoint": list(self.entrypoint),
-            "cmd": list(self.cmd),
-            "env": list(self.env),
-            "workdir": self.workdir,
-            "kernel_cmdline": self.kernel_cmdline,
-        } | (  # only when set: packs without a [network] list keep their exact bytes
-            {"allow_hosts": list(self.allow_hosts), "allow_cidrs": list(self.allow_cidrs)}
-            if self.allow_hosts or self.allow_cidrs
-            else {}
+        return (
+            {
+                "cpus": self.cpus,
+                "memory_mib": self.memory_mib,
+                "net": self.net,
+                "entrypoint": list(self.entrypoint),
+                "cmd": list(self.cmd),
+                "env": list(self.env),
+                "workdir": self.workdir,
+                "kernel_cmdline": self.kernel_cmdline,
+            }
+            | (  # only when set: packs without a [network] list keep their exact bytes
+                {"allow_hosts": list(self.allow_hosts), "allow_cidrs": list(self.allow_cidrs)}
+                if self.allow_hosts or self.allow_cidrs
+                else {}
+            )
+            | ({"ports": [list(p) for p in self.ports]} if self.ports else {})
+            | ({"ssh_agent": True} if self.ssh_agent else {})
+            | ({"secrets": [list(s) for s in self.secrets]} if self.secrets else {})
         )
 
     @classmethod
@@ -65,6 +76,20 @@ class MachineConfig:
                 raise BadLayout(f"{label}: field 'machine.{key}' must be a list of strings")
             return tuple(value)
 
+        def table(key: str, width: int, kinds: tuple[type, ...]) -> tuple[Any, ...]:
+            rows = obj.get(key, [])
+            if not isinstance(rows, list) or not all(
+                isinstance(r, list)
+                and len(r) == width
+                and all(
+                    isinstance(v, k) and not isinstance(v, bool)
+                    for v, k in zip(r, kinds, strict=True)
+                )
+                for r in rows
+            ):
+                raise BadLayout(f"{label}: field 'machine.{key}' is malformed")
+            return tuple(tuple(r) for r in rows)
+
         cpus, memory = field("cpus", int), field("memory_mib", int)
         if not 1 <= cpus <= 64 or not 64 <= memory <= 131072:
             raise BadLayout(f"{label}: field 'machine' has cpus={cpus} memory_mib={memory}")
@@ -79,6 +104,9 @@ class MachineConfig:
             kernel_cmdline=field("kernel_cmdline", str),
             allow_hosts=strings("allow_hosts", []),
             allow_cidrs=strings("allow_cidrs", []),
+            ports=table("ports", 2, (int, int)),
+            ssh_agent=obj.get("ssh_agent") is True,
+            secrets=table("secrets", 3, (str, str, str)),
         )
 
 

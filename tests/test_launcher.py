@@ -93,8 +93,8 @@ def test_info_says_who_enforces_the_egress_allow_list(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "network on\n" in res.stdout
     assert (
-        "egress    only to pypi.org, 10.0.0.0/8 (enforced by krun; QEMU cannot filter)\n"
-        in res.stdout
+        "egress    only to pypi.org, 10.0.0.0/8 (enforced by krun; QEMU cannot filter and runs"
+        " it only with --smol-allow-unfiltered-egress)\n" in res.stdout
     )
 
 
@@ -194,3 +194,35 @@ def test_flipped_byte_in_a_section_refuses_to_run(pack: Path, tmp_path: Path) ->
     assert res.returncode == 114
     assert res.stderr.startswith(f"Error: {pack}: section 'disk' ")
     assert res.stderr.count("\n") == 1
+
+
+def test_host_resource_options() -> None:
+    opts, args = parse_args(
+        ["--smol-port", "8080:80", "x", "--smol-port=9000", "--smol-ssh-agent",
+         "--smol-allow-unfiltered-egress", "y"],
+        {},
+    )  # fmt: skip
+    assert (opts.port, opts.ssh_agent, opts.allow_unfiltered_egress) == (
+        ("8080:80", "9000"),
+        True,
+        True,
+    )
+    assert args == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--smol-port"], "Error: --smol-port needs a value: --smol-port HOST:GUEST"),
+        (["--smol-port=80:x"], "Error: --smol-port '80:x': expected PORT or HOST:GUEST"),
+        (["--smol-port=0:80"], "Error: --smol-port '0:80': ports must be between 1 and 65535"),
+        (["--smol-volume=/a:/b"], "Error: --smol-volume: host directories are not supported yet"),
+        (
+            ["--smol-cwd=rw"],
+            "Error: --smol-cwd: sharing the current directory is not supported yet",
+        ),
+    ],
+)
+def test_bad_host_resource_options_are_one_line(argv: list[str], line: str) -> None:
+    res = launch(*argv)
+    assert (res.returncode, res.stderr) == (123, line + "\n")

@@ -73,6 +73,11 @@ class ChannelHub:
         self._next_id = 1
         self._out = bytearray()  # replaced by the session's output buffer in `attach`
 
+    @property
+    def ssh_agent(self) -> bool:
+        """Whether the run serves the ssh-agent socket (RUN flag SSH_AGENT)."""
+        return self._ssh_auth_sock is not None
+
     def attach(self, out: bytearray) -> None:
         """Queue frames on `out` (the session's output buffer) from now on."""
         self._out = out

@@ -12,6 +12,7 @@ from smolpack.engine.select import CLI_FLAG
 from smolpack.errors import NotASmolmachine, UsageError
 from smolpack.progress import Progress
 from smolpack.runner import RunOptions, run_payload
+from smolpack.smolfile import require_supported
 
 
 def _is_payload(path: Path) -> bool:
@@ -32,6 +33,7 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
     config = load_smolfile(smolfile)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
+    require_supported(config)
     return config.packed()
 
 
@@ -48,8 +50,30 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
 )
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
+@click.option(
+    "-p",
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="HOST:GUEST",
+    help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable; works without net).",
+)
+@click.option("--ssh-agent", is_flag=True, help="Give the program your ssh-agent.")
+@click.option(
+    "--allow-unfiltered-egress",
+    is_flag=True,
+    help="Run a pack with egress allow lists under QEMU, which cannot filter them.",
+)
 def run_cmd(
-    target: Path, args: tuple[str, ...], cold: bool, engine: str, debug: bool, quiet: bool
+    target: Path,
+    args: tuple[str, ...],
+    cold: bool,
+    engine: str,
+    debug: bool,
+    quiet: bool,
+    ports: tuple[str, ...],
+    ssh_agent: bool,
+    allow_unfiltered_egress: bool,
 ) -> None:
     """Run a Smolfile's machine (building what is missing) or a .smolmachine pack.
 
@@ -63,8 +87,20 @@ def run_cmd(
       smolpack run examples/hello -- --name world
       smolpack run app.smolmachine -- args...
       smolpack run --cold ./Smolfile
+      smolpack run -p 8080:80 ./Smolfile -- serve
     """
-    options = RunOptions(engine=engine, cold=cold, debug=debug, engine_flag=CLI_FLAG)
+    from smolpack.agent.channels import parse_port_forward
+
+    options = RunOptions(
+        engine=engine,
+        cold=cold,
+        debug=debug,
+        engine_flag=CLI_FLAG,
+        flag_prefix="--",
+        ports=tuple(parse_port_forward(spec, "--port") for spec in ports),
+        ssh_agent=ssh_agent,
+        unfiltered_egress=allow_unfiltered_egress,
+    )
     if _is_payload(target):
         pack = target
     else:

@@ -20,9 +20,11 @@ from smolpack.smolfile._model import (
     ImageRef,
     NetworkPolicy,
     PortMapping,
+    Secret,
     SmolConfig,
     Volume,
     require_local_image,
+    require_supported,
 )
 
 __all__ = [
@@ -38,8 +40,10 @@ __all__ = [
     "ImageRef",
     "NetworkPolicy",
     "PortMapping",
+    "Secret",
     "SmolConfig",
     "Volume",
     "load_smolfile",
     "require_local_image",
+    "require_supported",
 ]
