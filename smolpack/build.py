@@ -116,7 +116,8 @@ def build_payload(
             # slirp (QEMU's user-mode network) has no egress filter to give them to.
             progress.note(
                 "network allow lists are enforced by the krun engine only;"
-                " under QEMU the guest's egress is unrestricted"
+                " under QEMU the guest's egress is unrestricted (this build's too), so runs"
+                " there need --smol-allow-unfiltered-egress"
             )
         krun_ok, krun_why = krun_buildable()
         krun: tuple[StateRef, list[Any]] | None = None
