@@ -123,7 +123,7 @@ def test_several_connections_at_once_are_byte_exact(session: AgentSession, tmp_p
     results: dict[int, bytes] = {}
 
     def client(i: int) -> None:
-        data = os.urandom(3 << 20)  # > the 256 KiB window many times over
+        data = os.urandom(3 << 20)  # > the 1 MiB window, three times over
         with socket.create_connection(("127.0.0.1", host_port)) as c:
             sender = threading.Thread(target=lambda: (c.sendall(data), c.shutdown(socket.SHUT_WR)))
             sender.start()

@@ -45,7 +45,7 @@
 #define GRACE_MS 500                /* wait for grandchildren holding stdout/stderr */
 #define PORT_NAME "smolpack.agent"
 #define CHAN_MAX 64                  /* open channels at once (section 5.7) */
-#define CHAN_WINDOW (256u * 1024u)   /* uncredited bytes per channel and direction */
+#define CHAN_WINDOW (1024u * 1024u)   /* uncredited bytes per channel and direction (5.7) */
 #define CREDIT_EVERY (64u * 1024u)
 #define AGENT_CHAN_BIT 0x80000000u   /* ids the agent opens */
 #define SERVICE_SSH_AGENT 1u

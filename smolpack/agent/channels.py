@@ -7,7 +7,7 @@ session's run loop asks it which sockets to watch (`interest`), hands it ready s
 output buffer. Stdlib only: the launcher imports it.
 
 Why this shape: one poll loop (the session's) drives stdio and every connection, so a run
-with forwards costs no thread and a slow client only ever stalls its own channel (the 256 KiB
+with forwards costs no thread and a slow client only ever stalls its own channel (the 1 MiB
 credit window of section 5.7).
 """
 

@@ -22,7 +22,7 @@ HEADER = struct.Struct("<2sBBII")  # magic, type, flags, body_len, crc32
 HEADER_LEN = HEADER.size  # 12
 MAX_BODY = 1 << 20  # no frame body exceeds 1 MiB
 DATA_CHUNK = 64 * 1024  # writers put at most this much data in one STDIN/STDOUT/STDERR frame
-CHAN_WINDOW = 256 * 1024  # uncredited bytes a side may send on one channel (5.7)
+CHAN_WINDOW = 1024 * 1024  # uncredited bytes a side may send on one channel (5.7)
 
 # Message types (section 4). Agent-to-host types have bit 7 set.
 HELLO = 0x01
