@@ -12,6 +12,8 @@ appears:
     --smol-debug           timings, the console log on failure, keep the run files
     --smol-port H:G        forward 127.0.0.1:H to the guest's port G (repeatable)
     --smol-ssh-agent       the program reaches your ssh-agent (SSH_AUTH_SOCK)
+    --smol-volume H:G[:ro] a host directory at guest path G for this run (repeatable)
+    --smol-cwd=off|ro|rw   your current directory at the same path, the program starts there
     --smol-allow-unfiltered-egress   run a pack with egress allow lists under QEMU anyway
 
 The tool's own exit status passes through unchanged; the launcher's own failures print one
@@ -32,12 +34,7 @@ from typing import NoReturn
 PREFIX = "--smol-"
 FLAGS = ("help", "version", "info", "cold", "debug", "ssh-agent", "allow-unfiltered-egress")
 # Options with a value, as `--smol-NAME=V` or `--smol-NAME V`.
-VALUED = ("port",)
-# Parsed but not carried out yet: refused with one line rather than ignored.
-NOT_YET = {
-    "volume": "host directories are not supported yet",
-    "cwd": "sharing the current directory is not supported yet",
-}
+VALUED = ("port", "volume", "cwd")
 ENV_ENGINE = "SMOLPACK_ENGINE"
 
 HELP = """\
@@ -56,6 +53,11 @@ Launcher options (reserved namespace, accepted anywhere on the command line):
                          (repeatable; works without network; adds to the pack's ports)
   --smol-ssh-agent       give the program an SSH_AUTH_SOCK that reaches your ssh-agent
                          (no key enters the VM)
+  --smol-volume HOST:GUEST[:ro]
+                         mount the host directory HOST at GUEST in the VM for this run
+                         (repeatable; new files belong to you)
+  --smol-cwd=off|ro|rw   share your current directory at the same path and start the
+                         program there (overrides the pack's host_cwd)
   --smol-allow-unfiltered-egress
                          run a pack whose network is limited to allow lists under QEMU,
                          which cannot filter: its egress is then unrestricted
@@ -78,6 +80,8 @@ class LaunchOptions:
     debug: bool = False  # --smol-debug
     engine: str = "auto"  # --smol-engine / SMOLPACK_ENGINE
     port: tuple[str, ...] = ()  # --smol-port HOST:GUEST, repeatable
+    volume: tuple[str, ...] = ()  # --smol-volume HOST:GUEST[:ro], repeatable
+    cwd: str | None = None  # --smol-cwd=off|ro|rw
     ssh_agent: bool = False  # --smol-ssh-agent
     allow_unfiltered_egress: bool = False  # --smol-allow-unfiltered-egress
 
@@ -91,20 +95,25 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
     values: dict[str, object] = {"engine": env.get(ENV_ENGINE) or "auto"}
     tool_args: list[str] = []
     ports: list[str] = []
+    volumes: list[str] = []
     args = iter(argv)
     for arg in args:
         if not arg.startswith(PREFIX):
             tool_args.append(arg)
             continue
         name, eq, value = arg[len(PREFIX) :].partition("=")
-        if name in NOT_YET:
-            raise UsageError(f"{PREFIX}{name}: {NOT_YET[name]}")
         if name in VALUED:
             if not eq:
                 value = next(args, "")
             if not value:
-                raise UsageError(f"{PREFIX}{name} needs a value: {PREFIX}{name} HOST:GUEST")
-            ports.append(value)
+                shape = {"port": "HOST:GUEST", "volume": "HOST:GUEST[:ro]", "cwd": "off|ro|rw"}
+                raise UsageError(f"{PREFIX}{name} needs a value: {PREFIX}{name} {shape[name]}")
+            if name == "port":
+                ports.append(value)
+            elif name == "volume":
+                volumes.append(value)
+            else:
+                values["cwd"] = value
         elif name in FLAGS and not eq:
             values[name.replace("-", "_")] = True
         elif name == "engine" and eq:
@@ -118,7 +127,10 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
             "--smol-engine" if any(a.startswith(PREFIX + "engine") for a in argv) else ENV_ENGINE
         )
         raise UsageError(f"{source} must be auto, krun or qemu (got {values['engine']!r})")
+    if values.get("cwd") not in (None, "off", "ro", "rw"):
+        raise UsageError(f"--smol-cwd must be off, ro or rw (got {values['cwd']!r})")
     values["port"] = tuple(ports)
+    values["volume"] = tuple(volumes)
     return LaunchOptions(**values), tool_args  # type: ignore[arg-type]
 
 
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
             sys.exit(0)
         bootloader = _follow_bootloader()  # here: --smol-version need not import ctypes
         from smolpack.agent.channels import parse_port_forward
+        from smolpack.host_resources import parse_volume
         from smolpack.runner import RunOptions, run_payload
 
         options = RunOptions(
@@ -164,6 +177,8 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
             ports=tuple(parse_port_forward(spec, "--smol-port") for spec in opts.port),
             ssh_agent=opts.ssh_agent,
             unfiltered_egress=opts.allow_unfiltered_egress,
+            volumes=tuple(parse_volume(spec, "--smol-volume") for spec in opts.volume),
+            cwd_mode=opts.cwd,
         )
         sys.exit(run_payload(path, tool_args, options))
     except SmolpackError as err:

@@ -33,6 +33,7 @@ class MachineConfig:
     # [secrets] references (name, "env" | "file", variable or path); values are read on the
     # host at each run and never stored anywhere in the pack.
     secrets: tuple[tuple[str, str, str], ...] = ()
+    host_cwd: str = "off"  # "off" | "ro" | "rw": the user's current directory in the guest
 
     def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """What a run executes: the entrypoint, then the user's args or else `cmd`."""
@@ -58,6 +59,7 @@ class MachineConfig:
             | ({"ports": [list(p) for p in self.ports]} if self.ports else {})
             | ({"ssh_agent": True} if self.ssh_agent else {})
             | ({"secrets": [list(s) for s in self.secrets]} if self.secrets else {})
+            | ({"host_cwd": self.host_cwd} if self.host_cwd != "off" else {})
         )
 
     @classmethod
@@ -107,6 +109,7 @@ class MachineConfig:
             ports=table("ports", 2, (int, int)),
             ssh_agent=obj.get("ssh_agent") is True,
             secrets=table("secrets", 3, (str, str, str)),
+            host_cwd=str(obj.get("host_cwd")) if obj.get("host_cwd") in ("ro", "rw") else "off",
         )
 
 

@@ -35,7 +35,13 @@ from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
-from smolpack.host_resources import attach, check_egress, merge_env, resolve_secrets
+from smolpack.host_resources import (
+    HostVolume,
+    attach,
+    check_egress,
+    merge_env,
+    resolve_secrets,
+)
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, open_payload
@@ -55,6 +61,8 @@ class RunOptions:
     ports: tuple[PortForward, ...] = ()  # extra forwards for this run (--smol-port)
     ssh_agent: bool = False  # forward the host's ssh-agent (--smol-ssh-agent)
     unfiltered_egress: bool = False  # run a pack with allow lists under QEMU anyway
+    volumes: tuple[HostVolume, ...] = ()  # host directories for this run (--smol-volume)
+    cwd_mode: str | None = None  # "off" | "ro" | "rw" (--smol-cwd); None: the pack's host_cwd
 
 
 def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
@@ -97,7 +105,14 @@ def _run_payload(
         secret_env = resolve_secrets(machine, os.environ)
         timings["plan"] = time.monotonic() - t0
         with (
-            attach(machine, options.ports, options.ssh_agent, options.flag_prefix) as attached,
+            attach(
+                machine,
+                options.ports,
+                options.ssh_agent,
+                options.flag_prefix,
+                options.volumes,
+                options.cwd_mode,
+            ) as attached,
             private_run_dir(keep=options.debug) as run_dir,
         ):
             vm = _start_vm(plan, payload, machine, run_dir)
@@ -110,7 +125,8 @@ def _run_payload(
                     with session:
                         hub = attached.hub(session.protocol_version)
                         env = merge_env(machine.env, secret_env + attached.env())
-                        code = _run(session, machine, env, args, interrupts, hub)
+                        cwd = attached.cwd or machine.workdir
+                        code = _run(session, machine, env, cwd, args, interrupts, hub)
                 except AgentError as err:
                     raise explain_agent_failure(vm, err) from err
                 timings["exit"] = time.monotonic() - t0
@@ -214,6 +230,7 @@ def _run(
     session: AgentSession,
     machine: MachineConfig,
     env: tuple[str, ...],
+    cwd: str,
     args: list[str],
     interrupts: _Interrupts,
     hub: ChannelHub | None,
@@ -223,7 +240,7 @@ def _run(
     request = p.RunRequest(
         argv=machine.argv(args),
         env=env,
-        cwd=machine.workdir,
+        cwd=cwd,
         tty=tty,
         power_off=True,
         tty_rows=rows,

@@ -216,11 +216,16 @@ def test_host_resource_options() -> None:
         (["--smol-port"], "Error: --smol-port needs a value: --smol-port HOST:GUEST"),
         (["--smol-port=80:x"], "Error: --smol-port '80:x': expected PORT or HOST:GUEST"),
         (["--smol-port=0:80"], "Error: --smol-port '0:80': ports must be between 1 and 65535"),
-        (["--smol-volume=/a:/b"], "Error: --smol-volume: host directories are not supported yet"),
+        (["--smol-volume"], "Error: --smol-volume needs a value: --smol-volume HOST:GUEST[:ro]"),
         (
-            ["--smol-cwd=rw"],
-            "Error: --smol-cwd: sharing the current directory is not supported yet",
+            ["--smol-volume=/nonexistent-dir:/b"],
+            "Error: --smol-volume '/nonexistent-dir:/b': /nonexistent-dir is not a directory",
         ),
+        (
+            ["--smol-volume=/tmp:rel"],
+            "Error: --smol-volume '/tmp:rel': expected HOST:GUEST[:ro] with an absolute GUEST",
+        ),
+        (["--smol-cwd=maybe"], "Error: --smol-cwd must be off, ro or rw (got 'maybe')"),
     ],
 )
 def test_bad_host_resource_options_are_one_line(argv: list[str], line: str) -> None:

@@ -50,6 +50,8 @@
 #define AGENT_CHAN_BIT 0x80000000u   /* ids the agent opens */
 #define SERVICE_SSH_AGENT 1u
 #define SSH_SOCK_NAME "ssh-agent.sock"
+#define FUSE_BUF (256u * 1024u) /* /dev/fuse reads need >= max_write (128 KiB) + headers */
+#define MOUNT_RO 1u
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* RNDADDENTROPY from <linux/random.h>, which musl does not ship: _IOW('R', 0x03, int[2]). */
@@ -58,7 +60,7 @@
 enum {
     T_HELLO = 0x01, T_RUN = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_RESIZE = 0x05,
     T_PREPARE = 0x06, T_CHAN_OPEN = 0x07, T_CHAN_DATA = 0x08, T_CHAN_CLOSE = 0x09,
-    T_CHAN_CREDIT = 0x0A, TO_HOST = 0x80, T_HELLO_ACK = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
+    T_CHAN_CREDIT = 0x0A, T_MOUNT = 0x0B, TO_HOST = 0x80, T_HELLO_ACK = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
     T_ERROR = 0x85, T_READY = 0x86,
 };
 enum { RUN_TTY = 1u << 0, RUN_POWER_OFF = 1u << 1, RUN_SSH_AGENT = 1u << 2 };
@@ -98,6 +100,7 @@ struct chan {
     uint32_t written; /* bytes written to fd, not yet credited to the host */
     int read_eof, peer_eof, closing;
     struct buf q;     /* from the host, to write to fd */
+    char *mnt;        /* a FUSE channel (MOUNT): fd is /dev/fuse, mounted here */
 };
 static struct chan chans[CHAN_MAX];
 static uint32_t next_agent_chan = 1;
@@ -178,6 +181,7 @@ static long type_max(uint8_t t) { /* per-type body maximum (spec section 4); -1 
     case T_CHAN_CREDIT | TO_HOST: return 8;
     case T_CHAN_DATA: case T_CHAN_DATA | TO_HOST: return DATA_MAX + 4;
     case T_CHAN_CLOSE: case T_CHAN_CLOSE | TO_HOST: return 4;
+    case T_MOUNT: return 12 + 4096;
     case T_HELLO_ACK: return 1024;
     case T_ERROR: return 4096;
     default: return -1;
@@ -402,6 +406,11 @@ static void send_chan_u32(uint8_t type, uint32_t id, uint32_t v) {
 }
 
 static void chan_forget(struct chan *c) {
+    if (c->mnt) { /* detach: a leftover process inside only sees it vanish */
+        umount2(c->mnt, MNT_DETACH);
+        free(c->mnt);
+        c->mnt = NULL;
+    }
     close(c->fd);
     c->id = 0;
     buf_clear(&c->q);
@@ -414,7 +423,27 @@ static void chan_maybe_done(struct chan *c) {
     if (c->id && c->read_eof && c->peer_eof && !buf_used(&c->q)) chan_abort(c);
 }
 
+/* A FUSE channel's queue holds the kernel's replies (fuse_out_header.len first): each one
+ * goes to /dev/fuse in exactly one write, as the device demands. */
+static void fuse_write(struct chan *c) {
+    while (buf_used(&c->q) >= 16) {
+        uint32_t len = rd32(c->q.p + c->q.off);
+        if (len < 16 || len > CHAN_WINDOW) { chan_abort(c); return; }
+        if (buf_used(&c->q) < len) break;
+        /* ENOENT: the request was interrupted meanwhile; the reply is just dropped. */
+        if (write(c->fd, c->q.p + c->q.off, len) < 0 && errno != ENOENT)
+            logmsg("fuse reply: %s%s", strerror(errno), "");
+        buf_consume(&c->q, len);
+        c->written += len;
+    }
+    if (c->written) {
+        send_chan_u32(T_CHAN_CREDIT, c->id, c->written);
+        c->written = 0;
+    }
+}
+
 static void chan_write(struct chan *c) {
+    if (c->mnt) { fuse_write(c); return; }
     if (c->connecting) {
         if (c->closing) chan_forget(c);
         return;
@@ -437,7 +466,20 @@ static void chan_write(struct chan *c) {
     chan_maybe_done(c);
 }
 
+static void fuse_read(struct chan *c) {
+    static uint8_t req[FUSE_BUF];
+    ssize_t n = read(c->fd, req, sizeof req); /* exactly one request */
+    if (n < 0 && (errno == EAGAIN || errno == EINTR || errno == ENOENT)) return;
+    if (n <= 0) { chan_abort(c); return; } /* ENODEV: unmounted */
+    for (size_t off = 0; off < (size_t)n; off += DATA_MAX) {
+        size_t k = (size_t)n - off < DATA_MAX ? (size_t)n - off : DATA_MAX;
+        send_chan(T_CHAN_DATA, c->id, req + off, k);
+    }
+    c->credit -= (uint32_t)n;
+}
+
 static void chan_read(struct chan *c) {
+    if (c->mnt) { fuse_read(c); return; }
     uint8_t data[DATA_MAX];
     size_t want = c->credit < DATA_MAX ? c->credit : DATA_MAX;
     ssize_t n = read(c->fd, data, want);
@@ -498,6 +540,55 @@ static void chan_frame(uint8_t type, const uint8_t *body, uint32_t len) {
         c->peer_eof = 1;
         chan_write(c);
     }
+}
+
+static void mkdir_p(const char *path) {
+    char p[4097];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') { *s = 0; mkdir(p, 0755); *s = '/'; }
+    mkdir(p, 0755);
+}
+
+/* MOUNT (h→a): a host directory at guest_path, as FUSE served by the host on channel id. */
+static void chan_mount(const uint8_t *body, uint32_t len) {
+    if (len < 12) return;
+    uint32_t id = rd32(body), flags = rd32(body + 4), plen = rd32(body + 8);
+    char path[4097], msg[4200];
+    if (plen != len - 12 || plen == 0 || plen > 4096 || memchr(body + 12, 0, plen) ||
+        body[12] != '/' || (flags & ~MOUNT_RO)) {
+        send_error("malformed MOUNT");
+        return;
+    }
+    memcpy(path, body + 12, plen);
+    path[plen] = 0;
+    if ((id & AGENT_CHAN_BIT) || chan_find(id)) { send_chan(T_CHAN_CLOSE, id, NULL, 0); return; }
+    mkdir_p(path);
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    char opts[160];
+    snprintf(opts, sizeof opts,
+             "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,max_read=131072", fd);
+    unsigned long mf = MS_NOSUID | MS_NODEV | ((flags & MOUNT_RO) ? MS_RDONLY : 0);
+    if (fd < 0 || mount("smolpack", path, "fuse", mf, opts) != 0) {
+        snprintf(msg, sizeof msg, "cannot mount a host directory at %s: %s", path,
+                 strerror(errno));
+        if (fd >= 0) close(fd);
+        send_error(msg);
+        return;
+    }
+    struct chan *c = chan_new(id, fd, 0);
+    if (!c) {
+        umount2(path, MNT_DETACH);
+        close(fd);
+        send_error("cannot mount a host directory: too many channels");
+        return;
+    }
+    c->mnt = strdup(path);
+}
+
+static void chan_unmount_all(void) {
+    for (int i = 0; i < CHAN_MAX; i++)
+        if (chans[i].id && chans[i].mnt) chan_forget(&chans[i]);
 }
 
 static void chan_close_all(void) {
@@ -792,6 +883,7 @@ static void finish_run_if_done(void) {
     wr32(body + 4, (uint32_t)(sig ? WTERMSIG(run.status) : WEXITSTATUS(run.status)));
     send_frame(T_EXIT, body, 8);
     ssh_close();
+    chan_unmount_all(); /* host directories belong to one run */
     state = IDLE;
     if (run.power_off) {
         flush_out(1);
@@ -867,6 +959,9 @@ static void handle_frame(uint8_t type, const uint8_t *body, uint32_t len) {
     case T_CHAN_OPEN: case T_CHAN_DATA: case T_CHAN_CLOSE: case T_CHAN_CREDIT:
         chan_frame(type, body, len);
         break;
+    case T_MOUNT:
+        chan_mount(body, len);
+        break;
     default:
         break; /* agent-to-host types echoed back, or late frames: ignore */
     }
@@ -926,8 +1021,8 @@ static void serve(void) {
             short ev = 0;
             if (!c->id) continue;
             if (c->connecting || buf_used(&c->q)) ev |= POLLOUT;
-            if (!c->connecting && !c->read_eof && !c->closing && c->credit &&
-                buf_used(&outbuf) < OUT_HIGH)
+            if (!c->connecting && !c->read_eof && !c->closing &&
+                c->credit >= (c->mnt ? FUSE_BUF : 1) && buf_used(&outbuf) < OUT_HIGH)
                 ev |= POLLIN;
             if (!ev) continue;
             chan_of[n - i_chan] = i;

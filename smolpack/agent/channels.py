@@ -19,9 +19,13 @@ import selectors
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smolpack.agent import protocol as p
 from smolpack.errors import HostError
+
+if TYPE_CHECKING:
+    from smolpack.hostdir import HostDir
 
 _CREDIT_EVERY = 64 * 1024  # send CHAN_CREDIT at least this often (5.7)
 _FINISH_S = 2.0  # after EXIT: how long queued bytes may take to reach their clients
@@ -62,11 +66,28 @@ class _Chan:
     closing: bool = False  # the agent sent CHAN_CLOSE: write the queue, then close
 
 
+@dataclass(slots=True)
+class _Fuse:
+    """A MOUNT's channel (5.8): the kernel's requests in, the HostDir's replies out."""
+
+    id: int
+    hostdir: HostDir
+    credit: int = p.CHAN_WINDOW  # bytes of replies we may still send
+    replies: bytearray = field(default_factory=bytearray)  # replies not yet sent
+
+
 class ChannelHub:
     """Listeners and channels of one run (section 5.7)."""
 
-    def __init__(self, listeners: list[tuple[socket.socket, int]], ssh_auth_sock: str | None):
+    def __init__(
+        self,
+        listeners: list[tuple[socket.socket, int]],
+        ssh_auth_sock: str | None,
+        mounts: list[tuple[HostDir, str]] | None = None,
+    ):
         self._listeners = {s.fileno(): (s, guest) for s, guest in listeners}
+        self._mounts = mounts or []  # (served directory, guest path), mounted at attach
+        self._fuse: dict[int, _Fuse] = {}  # by channel id
         self._ssh_auth_sock = ssh_auth_sock  # the host agent's socket; None = not forwarded
         self._chans: dict[int, _Chan] = {}  # by channel id
         self._by_fd: dict[int, _Chan] = {}
@@ -79,8 +100,13 @@ class ChannelHub:
         return self._ssh_auth_sock is not None
 
     def attach(self, out: bytearray) -> None:
-        """Queue frames on `out` (the session's output buffer) from now on."""
+        """Queue frames on `out` (the session's output buffer) from now on; MOUNT first, so
+        the directories are there before the RUN queued after them starts the program."""
         self._out = out
+        for hostdir, guest_path in self._mounts:
+            fuse = self._fuse[self._next_id] = _Fuse(self._next_id, hostdir)
+            self._next_id += 1
+            out += p.encode_mount(fuse.id, guest_path, read_only=hostdir.read_only)
 
     # -- the run loop's side ------------------------------------------------------------
 
@@ -111,6 +137,9 @@ class ChannelHub:
         if kind == p.CHAN_OPEN:
             self._open_service(chan_id, int(value))
             return
+        if chan_id in self._fuse:
+            self._serve(self._fuse[chan_id], kind, value)
+            return
         chan = self._chans.get(chan_id)
         if chan is None:
             return  # a channel we already closed (5.7, reader obligation 3)
@@ -129,9 +158,30 @@ class ChannelHub:
             chan.peer_eof = True
             self._write(chan)
 
+    def _serve(self, chan: _Fuse, kind: int, value: int | bytes) -> None:
+        """A FUSE channel: answer complete requests, send replies as the window allows."""
+        if kind == p.CHAN_CREDIT and isinstance(value, int):
+            chan.credit += value
+        elif kind == p.CHAN_DATA and isinstance(value, bytes) and value:
+            replies, done = chan.hostdir.feed(value)
+            chan.replies += replies
+            if done:
+                self._out += p.encode_chan_credit(chan.id, done)
+        elif kind == p.CHAN_CLOSE:  # unmounted
+            del self._fuse[chan.id]
+            return
+        while chan.replies and chan.credit > 0:
+            piece = bytes(chan.replies[: min(p.DATA_CHUNK, chan.credit)])
+            del chan.replies[: len(piece)]
+            chan.credit -= len(piece)
+            self._out += p.encode_chan(p.CHAN_DATA, chan.id, piece)
+
     def finish(self) -> None:
         """The run ended: give queued bytes a moment to reach their clients, close it all."""
         deadline = time.monotonic() + _FINISH_S
+        for hostdir, _path in self._mounts:
+            hostdir.close()
+        self._fuse.clear()
         for chan in list(self._chans.values()):
             chan.closing = True
             with contextlib.suppress(OSError):

@@ -35,6 +35,7 @@ CHAN_OPEN = 0x07  # h→a form; the a→h form of each CHAN_* type is `| TO_HOST
 CHAN_DATA = 0x08
 CHAN_CLOSE = 0x09
 CHAN_CREDIT = 0x0A
+MOUNT = 0x0B  # h→a only: a host directory as FUSE, served on a channel (5.8)
 TO_HOST = 0x80
 HELLO_ACK = 0x81
 STDOUT = 0x82
@@ -60,6 +61,8 @@ MAX_BODY_BY_TYPE: dict[int, int] = {
 }
 for _t, _max in ((CHAN_OPEN, 8), (CHAN_DATA, DATA_CHUNK + 4), (CHAN_CLOSE, 4), (CHAN_CREDIT, 8)):
     MAX_BODY_BY_TYPE[_t] = MAX_BODY_BY_TYPE[_t | TO_HOST] = _max
+MAX_BODY_BY_TYPE[MOUNT] = 12 + 4096
+MOUNT_READ_ONLY = 1 << 0
 SERVICE_SSH_AGENT = 1  # CHAN_OPEN a→h: a guest program connected to the ssh-agent socket
 GUEST_SSH_AUTH_SOCK = "/run/smolpack/ssh-agent.sock"  # where the agent listens (5.7)
 
@@ -378,3 +381,10 @@ def decode_chan(msg_type: int, body: bytes) -> tuple[int, int | bytes]:
     value = r.u32()
     r.end()
     return chan, value
+
+
+def encode_mount(chan: int, guest_path: str, *, read_only: bool) -> bytes:
+    """MOUNT (h→a): mount FUSE at guest_path; its requests travel on channel `chan` (5.8)."""
+    path = guest_path.encode("utf-8", "surrogateescape")
+    flags = MOUNT_READ_ONLY if read_only else 0
+    return encode_frame(MOUNT, struct.pack("<III", chan, flags, len(path)) + path)

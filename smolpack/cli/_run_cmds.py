@@ -60,6 +60,20 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
 )
 @click.option("--ssh-agent", is_flag=True, help="Give the program your ssh-agent.")
 @click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="HOST:GUEST[:ro]",
+    help="Mount a host directory into the VM for this run (repeatable).",
+)
+@click.option(
+    "--cwd",
+    "cwd_mode",
+    type=click.Choice(["off", "ro", "rw"]),
+    help="Share the current directory at the same path; the program starts there.",
+)
+@click.option(
     "--allow-unfiltered-egress",
     is_flag=True,
     help="Run a pack with egress allow lists under QEMU, which cannot filter them.",
@@ -74,6 +88,8 @@ def run_cmd(
     ports: tuple[str, ...],
     ssh_agent: bool,
     allow_unfiltered_egress: bool,
+    volumes: tuple[str, ...],
+    cwd_mode: str | None,
 ) -> None:
     """Run a Smolfile's machine (building what is missing) or a .smolmachine pack.
 
@@ -90,6 +106,7 @@ def run_cmd(
       smolpack run -p 8080:80 ./Smolfile -- serve
     """
     from smolpack.agent.channels import parse_port_forward
+    from smolpack.host_resources import parse_volume
 
     options = RunOptions(
         engine=engine,
@@ -100,6 +117,8 @@ def run_cmd(
         ports=tuple(parse_port_forward(spec, "--port") for spec in ports),
         ssh_agent=ssh_agent,
         unfiltered_egress=allow_unfiltered_egress,
+        volumes=tuple(parse_volume(spec, "--volume") for spec in volumes),
+        cwd_mode=cwd_mode,
     )
     if _is_payload(target):
         pack = target

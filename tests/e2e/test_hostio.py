@@ -298,3 +298,110 @@ def test_no_egress_without_network(
         f"nc -w 5 10.0.2.2 {http_port} </dev/null || echo unreachable", env=e2e_env,
     )  # fmt: skip
     assert (res.returncode, res.stdout) == (0, b"unreachable\n")
+
+
+# -- host directories (FUSE over the agent channel) -------------------------------------
+
+
+def run_in(pack: Path, env: dict[str, str], *opts: str, script: str, cwd: Path | None = None):  # type: ignore[no-untyped-def]
+    return smolpack("run", *opts, str(pack), "--", script, env=env, cwd=cwd)
+
+
+def test_a_volume_reads_and_writes_host_files(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    share = tmp_path / "share"
+    (share / "sub dir").mkdir(parents=True)
+    (share / "sub dir" / "naïve café.txt").write_text("from the host\n")
+    script = (
+        'cat "/data/sub dir/naïve café.txt"; mkdir "/data/new dir";'
+        ' printf guest > "/data/new dir/été .txt"; mv /data/sub\\ dir/naïve\\ café.txt /data/moved;'
+        " ls /data | sort"
+    )
+    res = run_in(test_pack, e2e_env, "-v", f"{share}:/data", script=script)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.decode() == "from the host\nmoved\nnew dir\nsub dir\n"
+    made = share / "new dir" / "été .txt"
+    assert made.read_text() == "guest"
+    assert (made.stat().st_uid, made.stat().st_gid) == (os.getuid(), os.getgid())
+    assert (share / "moved").read_text() == "from the host\n"
+
+
+def test_symlinks_and_dotdot_never_reach_outside_the_share(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (tmp_path / "host-only").write_text("host secret\n")
+    (share / "rel").symlink_to("../host-only")
+    (share / "abs").symlink_to(tmp_path / "host-only")
+    (share / "plant").symlink_to(tmp_path / "planted")
+    script = (
+        "cat /data/rel /data/abs /data/../host-only 2>/dev/null; echo reads=$?;"
+        " echo x > /data/plant; ls /data/.. | grep -c host-only"
+    )
+    res = run_in(test_pack, e2e_env, "-v", f"{share}:/data", script=script)
+    assert res.stdout == b"reads=1\n0\n", res.stderr.decode()
+    assert not (tmp_path / "planted").exists()  # followed in the guest, not on the host
+    assert (tmp_path / "host-only").read_text() == "host secret\n"
+
+
+def test_a_read_only_volume_refuses_writes(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_text("keep\n")
+    res = run_in(
+        test_pack, e2e_env, "-v", f"{tmp_path}:/ro:ro",
+        script="cat /ro/f; echo no > /ro/f || echo refused; touch /ro/g || echo refused",
+    )  # fmt: skip
+    assert res.stdout == b"keep\nrefused\nrefused\n", res.stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == ["f"] and (tmp_path / "f").read_text() == "keep\n"
+
+
+def test_256_mib_copies_byte_exact_in_bounded_memory(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    import hashlib
+
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(1 << 20))
+    # `smolpack run` reporting its own peak RSS (QEMU's, a child, is not ours to count).
+    code = (
+        "import resource, sys\nfrom smolpack.cli import main\ntry:\n    main()\nfinally:\n"
+        "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "run", "-v", f"{tmp_path}:/w", str(test_pack), "--",
+         "dd if=/w/big of=/w/copy bs=1M 2>/dev/null"],
+        capture_output=True, env=e2e_env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    digest = [hashlib.sha256(p.read_bytes()).digest() for p in (big, tmp_path / "copy")]
+    assert digest[0] == digest[1]
+    maxrss_kib = int(res.stderr.decode().split("maxrss ")[1])
+    assert maxrss_kib < 100 * 1024  # bounded: one 128 KiB request at a time, never the file
+
+
+def test_two_runs_share_one_directory_at_once(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    def one(i: int) -> subprocess.CompletedProcess[bytes]:
+        script = f"echo {i} > /s/run-{i}; sleep 1; cat /s/run-{1 - i}"
+        return run_in(test_pack, e2e_env, "-v", f"{tmp_path}:/s", script=script)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, [0, 1]))
+    assert [r.stdout for r in results] == [b"1\n", b"0\n"]
+
+
+def test_cwd_is_shared_at_the_same_path(
+    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    proj = tmp_path / "my proj"
+    proj.mkdir()
+    (proj / "data.csv").write_text("a,b\n")
+    res = run_in(test_pack, e2e_env, "--cwd", "rw", script="pwd; cat data.csv > out.json", cwd=proj)
+    assert (res.returncode, res.stdout.decode()) == (0, f"{proj}\n"), res.stderr.decode()
+    assert (proj / "out.json").read_text() == "a,b\n"
