@@ -32,6 +32,7 @@ from typing import Any
 
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
+from smolpack.agent.channels import ChannelHub
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
 from smolpack.engine import Vm
@@ -39,6 +40,7 @@ from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE, QemuMachine, QemuVm, RootDisk
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError
 from smolpack.host import host_arch, host_os, hypervisor_status
+from smolpack.hostdir import HostDir
 from smolpack.image import prepare_rootfs
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -47,7 +49,7 @@ from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, cre
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
 from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
-from smolpack.smolfile import SmolConfig, require_local_image, require_supported
+from smolpack.smolfile import SmolConfig, require_local_image
 
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
@@ -70,7 +72,6 @@ def build_payload(
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
     """
     image = require_local_image(config)
-    require_supported(config)
     assert image.path is not None
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
     try:
@@ -99,6 +100,7 @@ def build_payload(
             # steps (and the state saved after them) cannot see a value.
             ports=tuple((m.host_port, m.guest_port) for m in config.ports),
             ssh_agent=config.ssh_agent,
+            host_cwd=config.host_cwd,
             secrets=tuple(
                 (x.name, "env", x.from_env) if x.from_env else (x.name, "file", x.from_file or "")
                 for x in config.secrets
@@ -182,7 +184,7 @@ def _boot_build_and_save(
             first, *more = step.strip().splitlines() or [""]
             label = first + (f" (+{len(more)} lines)" if more else "")
             with progress.step(f"init step {number}/{len(config.init)}: {label}"):
-                _run_init_step(session, number, step, machine)
+                _run_init_step(session, number, step, machine, config)
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()
             vm.save_state(state)
@@ -253,7 +255,7 @@ def _krun_build(
             session = _boot_handshake(vm, BOOT_TIMEOUT_S)
             for number, step in enumerate(config.init, start=1):
                 with progress.step(f"init step {number}/{len(config.init)} (krun)"):
-                    _run_init_step(session, number, step, machine)
+                    _run_init_step(session, number, step, machine, config)
             with progress.step("Saving the warmed-up krun VM"):
                 session.prepare_snapshot()
                 save_state(spec.control_socket, state_dir)
@@ -279,8 +281,15 @@ def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
         raise explain_agent_failure(vm, exc) from exc
 
 
-def _run_init_step(session: AgentSession, number: int, step: str, machine: MachineConfig) -> None:
-    """Run one `init` step, streaming its output to stderr and keeping the last lines."""
+def _run_init_step(
+    session: AgentSession, number: int, step: str, machine: MachineConfig, config: SmolConfig
+) -> None:
+    """Run one `init` step, streaming its output to stderr and keeping the last lines.
+
+    The Smolfile's `volumes` are mounted for the step (FUSE over the agent channel; the
+    agent unmounts them at the step's EXIT), so none is mounted when the state is saved and
+    nothing of them is carried in the pack unless a step copied it.
+    """
     read_fd, write_fd = os.pipe()
     tail: deque[bytes] = deque(maxlen=5)
 
@@ -296,6 +305,8 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
 
     reader = threading.Thread(target=tee, daemon=True)
     reader.start()
+    mounts = [(HostDir(str(v.host_path), read_only=v.read_only), v.guest_path) for v in
+              sorted(config.volumes, key=lambda v: v.guest_path)]  # fmt: skip
     try:
         code = session.run_build_step(
             ["/bin/sh", "-c", step],
@@ -303,8 +314,11 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
             cwd=machine.workdir,
             stdout_fd=write_fd,
             stderr_fd=write_fd,
+            channels=ChannelHub([], None, mounts) if mounts else None,
         )
     finally:
+        for hostdir, _path in mounts:
+            hostdir.close()
         os.close(write_fd)
         reader.join()
         os.close(read_fd)
@@ -342,6 +356,8 @@ def input_digest(config: SmolConfig) -> str:
     image = require_local_image(config)
     assert image.path is not None
     _hash_tree(h, image.path)
+    for volume in config.volumes:  # what the init steps saw there is part of the build
+        _hash_tree(h, volume.host_path)
     h.update(agent_binary(GUEST_ARCH).read_bytes())
     libs = find_runtime_libs()
     h.update(hashlib.sha256(Path(libs.libkrunfw_path).read_bytes()).digest())

@@ -1,5 +1,5 @@
-"""Smolfile keys that reach host resources at run time: [secrets], [auth], host_cwd, and the
-refusal of keys not carried out yet (formats/smolfile.md §4)."""
+"""Smolfile keys that reach host resources at run time: [secrets], [auth], host_cwd
+(formats/smolfile.md §2, §4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smolpack.errors import SmolfileError
-from smolpack.smolfile import load_smolfile, require_supported
+from smolpack.smolfile import load_smolfile
 
 
 def load(proj: Path, text: str):  # type: ignore[no-untyped-def]
@@ -69,15 +69,6 @@ def test_bad_values_are_one_line(tmp_path: Path, text: str, message: str) -> Non
     assert info.value.message == f"{tmp_path}/{message}"
 
 
-def test_volumes_and_host_cwd_are_refused_not_ignored(tmp_path: Path) -> None:
-    (tmp_path / "src").mkdir()
-    for text, key in (
-        ('volumes = ["./src:/src"]\n', "'volumes'"),
-        ('host_cwd = "rw"\n', "'host_cwd"),
-    ):
-        cfg = load(tmp_path, text)
-        with pytest.raises(SmolfileError) as info:
-            require_supported(cfg)
-        assert info.value.message.startswith(f"{tmp_path}/Smolfile: {key}")
-        assert "is not supported yet" in info.value.message
-    require_supported(load(tmp_path, 'host_cwd = "off"\nports = ["8080:80"]\n'))
+def test_host_cwd_is_parsed(tmp_path: Path) -> None:
+    assert load(tmp_path, 'host_cwd = "ro"\n').host_cwd == "ro"
+    assert load(tmp_path, "").to_dict()["host_cwd"] == "off"

@@ -311,6 +311,7 @@ class AgentSession:
         cwd: str = "",
         stdout_fd: int,
         stderr_fd: int,
+        channels: ChannelHub | None = None,
     ) -> int:
         """Run one build step (empty stdin, no tty, no power off); return its exit code."""
         request = p.RunRequest(
@@ -320,7 +321,9 @@ class AgentSession:
             realtime_ns=time.time_ns(),
             entropy=os.urandom(64),
         )
-        return self.run(request, stdin_fd=None, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
+        return self.run(
+            request, stdin_fd=None, stdout_fd=stdout_fd, stderr_fd=stderr_fd, channels=channels
+        )
 
     def prepare_snapshot(self, timeout_s: float = 30.0) -> None:
         """Ask the agent to sync and go back to waiting for HELLO; return at READY.

@@ -12,7 +12,6 @@ from smolpack.engine.select import CLI_FLAG
 from smolpack.errors import NotASmolmachine, UsageError
 from smolpack.progress import Progress
 from smolpack.runner import RunOptions, run_payload
-from smolpack.smolfile import require_supported
 
 
 def _is_payload(path: Path) -> bool:
@@ -33,7 +32,6 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
     config = load_smolfile(smolfile)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
-    require_supported(config)
     return config.packed()
 
 

@@ -24,7 +24,6 @@ from smolpack.smolfile._model import (
     SmolConfig,
     Volume,
     require_local_image,
-    require_supported,
 )
 
 __all__ = [
@@ -45,5 +44,4 @@ __all__ = [
     "Volume",
     "load_smolfile",
     "require_local_image",
-    "require_supported",
 ]

@@ -186,27 +186,6 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def require_supported(config: SmolConfig) -> None:
-    """Refuse, with one line, the keys smolpack parses but cannot carry out yet.
-
-    `create` and `run` call this: host directories (`volumes`, `host_cwd`) need the FUSE
-    channel of formats/agent-protocol.md (planned), and a key that is accepted but then
-    ignored would let a tool silently miss the files it was given.
-    """
-    if config.volumes:
-        raise SmolfileError(
-            config.source_name,
-            "'volumes' is not supported yet: smolpack cannot share host directories with a"
-            " VM so far; remove the key (copy files in with an init step instead)",
-        )
-    if config.host_cwd != "off":
-        raise SmolfileError(
-            config.source_name,
-            f"'host_cwd = \"{config.host_cwd}\"' is not supported yet: smolpack cannot share"
-            ' host directories with a VM so far; remove the key or set it to "off"',
-        )
-
-
 def require_local_image(config: SmolConfig) -> ImageRef:
     """The config's image if it is local; raise the one-line refusal otherwise.
 

@@ -91,12 +91,17 @@ def hostio_pack(
     has_ssh_add = add_ssh_add(root / "rootfs")
     (root / "rootfs" / "www").mkdir()
     (root / "rootfs" / "www" / "page.bin").write_bytes(PAGE)
+    (root / "src").mkdir()
+    (root / "src" / "input.txt").write_text("from a build volume\n")
     (root / "Smolfile").write_text(
         'image = "./rootfs"\n'
         'entrypoint = ["/bin/sh", "-c"]\n'
         "memory = 256\n"
         'ports = ["8080"]\n'
-        'init = ["env > /root/build-env"]\n'
+        'volumes = ["./src:/src:ro"]\n'
+        'host_cwd = "ro"\n'
+        'init = ["env > /root/build-env", "cp /src/input.txt /root/copied",'
+        ' "touch /src/nope 2>/dev/null || echo ro > /root/src-was-ro"]\n'
         "[auth]\nssh_agent = true\n"
         "[secrets]\n"
         'TOKEN = { from_env = "SMOL_TEST_TOKEN" }\n'
@@ -118,11 +123,11 @@ def run_env(e2e_env: dict[str, str], ssh_agent: tuple[str, str] | None) -> dict[
 
 
 def test_secrets_reach_the_program_at_run_time_only(
-    hostio_pack: tuple[Path, bool], run_env: dict[str, str]
+    hostio_pack: tuple[Path, bool], run_env: dict[str, str], tmp_path: Path
 ) -> None:
     pack, _ = hostio_pack
     script = 'echo "$TOKEN|$PEM"; grep -c -e TOKEN -e PEM -e secret /root/build-env || true'
-    res = smolpack("run", str(pack), "--", script, env=run_env)
+    res = smolpack("run", str(pack), "--", script, env=run_env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout == b"run-time-token|file-secret-value\n0\n"
     # Neither the value present while building nor a run's value is anywhere in the pack.
@@ -405,3 +410,16 @@ def test_cwd_is_shared_at_the_same_path(
     res = run_in(test_pack, e2e_env, "--cwd", "rw", script="pwd; cat data.csv > out.json", cwd=proj)
     assert (res.returncode, res.stdout.decode()) == (0, f"{proj}\n"), res.stderr.decode()
     assert (proj / "out.json").read_text() == "a,b\n"
+
+
+def test_build_volumes_serve_init_steps_and_are_gone_at_run_time(
+    hostio_pack: tuple[Path, bool], run_env: dict[str, str], tmp_path: Path
+) -> None:
+    pack, _ = hostio_pack
+    (tmp_path / "here.txt").write_text("in the cwd\n")
+    script = "cat /root/copied /root/src-was-ro; ls -A /src | wc -l; pwd; cat here.txt"
+    res = smolpack("run", str(pack), "--", script, env=run_env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr.decode()
+    # host_cwd = "ro": the current directory at the same path, and the program starts there.
+    assert res.stdout.decode() == f"from a build volume\nro\n0\n{tmp_path}\nin the cwd\n"
+    assert not (Path(pack).parent / "src" / "nope").exists()
