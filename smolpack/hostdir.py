@@ -77,6 +77,7 @@ class HostDir:
 
     def __init__(self, root: str, *, read_only: bool) -> None:
         self.read_only = read_only
+        _raise_fd_limit()
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(fd)
         self._nodes: dict[int, _Node] = {1: _Node(fd, 1, (st.st_dev, st.st_ino))}
@@ -396,6 +397,17 @@ class HostDir:
 
     def access(self, _nodeid: int, _body: bytes) -> bytes:
         return b""  # the host checks for real when the file is used
+
+
+def _raise_fd_limit() -> None:
+    """One O_PATH fd per inode the guest kernel holds (until it FORGETs them): a walk over
+    10,000 files needs more than the usual soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
 
 
 def _readlink_empty(fd: int) -> bytes:

@@ -60,6 +60,10 @@ def _host_lines(machine: MachineConfig) -> list[str]:
     lines = [f"port      127.0.0.1:{h} -> guest port {g}" for h, g in machine.ports]
     if machine.ssh_agent:
         lines.append("ssh-agent yours, through SSH_AUTH_SOCK in the guest")
+    if machine.host_cwd != "off":
+        lines.append(
+            f"cwd       yours, shared at the same path ({machine.host_cwd}; --smol-cwd=off)"
+        )
     lines += [
         f"secret    {name} from {'$' + source if kind == 'env' else source}"
         for name, kind, source in machine.secrets

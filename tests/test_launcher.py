@@ -231,3 +231,31 @@ def test_host_resource_options() -> None:
 def test_bad_host_resource_options_are_one_line(argv: list[str], line: str) -> None:
     res = launch(*argv)
     assert (res.returncode, res.stderr) == (123, line + "\n")
+
+
+def test_info_lists_what_each_run_attaches_from_the_host(tmp_path: Path) -> None:
+    pack = write_fake_pack(
+        tmp_path / "attach.smolmachine",
+        ports=[[8080, 80]],
+        ssh_agent=True,
+        secrets=[["TOKEN", "env", "GH_TOKEN"], ["PEM", "file", "~/k.pem"]],
+        host_cwd="rw",
+    )
+    res = launch("--smol-info", pack=pack)
+    assert res.returncode == 0, res.stderr
+    assert (
+        "port      127.0.0.1:8080 -> guest port 80\n"
+        "ssh-agent yours, through SSH_AUTH_SOCK in the guest\n"
+        "cwd       yours, shared at the same path (rw; --smol-cwd=off)\n"
+        "secret    TOKEN from $GH_TOKEN\n"
+        "secret    PEM from ~/k.pem\n"
+    ) in res.stdout
+
+
+def test_a_missing_secret_is_one_line_before_any_vm(tmp_path: Path) -> None:
+    pack = write_fake_pack(tmp_path / "s.smolmachine", secrets=[["TOKEN", "env", "NOPE_X"]])
+    res = launch("true", pack=pack, SMOLPACK_ENGINE="qemu")
+    assert (res.returncode, res.stderr) == (
+        120,
+        "Error: secret TOKEN: environment variable NOPE_X is not set\n",
+    )
