@@ -89,6 +89,14 @@ class HostDir:
         self._buf = bytearray()
         self._uid = os.getuid()
 
+    @property
+    def pending(self) -> bool:
+        """Whether a complete request waits for `feed` (held back by `max_out`)."""
+        if len(self._buf) < IN_HEADER.size:
+            return False
+        length: int = struct.unpack_from("<I", self._buf)[0]
+        return len(self._buf) >= length
+
     def close(self) -> None:
         for node in self._nodes.values():
             os.close(node.fd)
@@ -97,12 +105,16 @@ class HostDir:
         self._nodes.clear()
         self._files.clear()
 
-    def feed(self, data: bytes) -> tuple[bytes, int]:
-        """Take request bytes; return (replies, bytes of requests fully handled)."""
+    def feed(self, data: bytes, max_out: int = 1 << 62) -> tuple[bytes, int]:
+        """Take request bytes; return (replies, bytes of requests fully handled).
+
+        Stops once `max_out` bytes of replies are made; the rest waits in the buffer for
+        the next call (`feed(b"")`), so replies never pile up beyond what the caller can send.
+        """
         self._buf += data
         out = bytearray()
         done = 0
-        while len(self._buf) >= IN_HEADER.size:
+        while len(self._buf) >= IN_HEADER.size and len(out) < max_out:
             length = struct.unpack_from("<I", self._buf)[0]
             if length < IN_HEADER.size or len(self._buf) < length:
                 break

@@ -160,21 +160,34 @@ class ChannelHub:
 
     def _serve(self, chan: _Fuse, kind: int, value: int | bytes) -> None:
         """A FUSE channel: answer complete requests, send replies as the window allows."""
+        data = b""
         if kind == p.CHAN_CREDIT and isinstance(value, int):
             chan.credit += value
-        elif kind == p.CHAN_DATA and isinstance(value, bytes) and value:
-            replies, done = chan.hostdir.feed(value)
-            chan.replies += replies
-            if done:
-                self._out += p.encode_chan_credit(chan.id, done)
+        elif kind == p.CHAN_DATA and isinstance(value, bytes):
+            data = value
         elif kind == p.CHAN_CLOSE:  # unmounted
             del self._fuse[chan.id]
             return
-        while chan.replies and chan.credit > 0:
-            piece = bytes(chan.replies[: min(p.DATA_CHUNK, chan.credit)])
-            del chan.replies[: len(piece)]
-            chan.credit -= len(piece)
-            self._out += p.encode_chan(p.CHAN_DATA, chan.id, piece)
+        while True:
+            # Requests are answered only while the replies fit the window: the guest's
+            # readahead can ask for many 128 KiB reads with a few bytes each, and the
+            # requests wait (credited only once answered) rather than their replies pile up.
+            room = p.CHAN_WINDOW - len(chan.replies)
+            if room > 0 or data:
+                replies, done = chan.hostdir.feed(data, max_out=max(room, 0))
+                data = b""
+                chan.replies += replies
+                if done:
+                    self._out += p.encode_chan_credit(chan.id, done)
+            if not (chan.replies and chan.credit > 0):
+                return
+            while chan.replies and chan.credit > 0:
+                piece = bytes(chan.replies[: min(p.DATA_CHUNK, chan.credit)])
+                del chan.replies[: len(piece)]
+                chan.credit -= len(piece)
+                self._out += p.encode_chan(p.CHAN_DATA, chan.id, piece)
+            if chan.credit <= 0 or not chan.hostdir.pending:
+                return
 
     def finish(self) -> None:
         """The run ended: give queued bytes a moment to reach their clients, close it all."""
