@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
+from smolpack.agent.channels import ChannelHub
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
 from smolpack.engine import Vm
@@ -49,6 +50,7 @@ from smolpack.engine.qemu_compat import qemu_facts
 from smolpack.engine.qemu_state import state_sections
 from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError, SmolfileError
 from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
+from smolpack.hostdir import HostDir
 from smolpack.image import goarch, image_locales, prepare_rootfs, prepare_rootfs_from_source
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
@@ -140,6 +142,15 @@ def build_payload(
             workdir=config.workdir or defaults.workdir or "",
             kernel_cmdline=KERNEL_CMDLINE,
             locales=locales,
+            # Run-time attachments: references only. Secrets never reach `env`, so build
+            # steps (and the state saved after them) cannot see a value.
+            ports=tuple((m.host_port, m.guest_port) for m in config.ports),
+            ssh_agent=config.ssh_agent,
+            host_cwd=config.host_cwd,
+            secrets=tuple(
+                (x.name, "env", x.from_env) if x.from_env else (x.name, "file", x.from_file or "")
+                for x in config.secrets
+            ),
         )
         qemu_machine = QemuMachine(
             guest_arch=GUEST_ARCH,
@@ -153,7 +164,8 @@ def build_payload(
             # slirp (QEMU's user-mode network) has no egress filter to give them to.
             progress.note(
                 "network allow lists are enforced by the krun engine only;"
-                " under QEMU the guest's egress is unrestricted"
+                " under QEMU the guest's egress is unrestricted (this build's too), so runs"
+                " there need --smol-allow-unfiltered-egress"
             )
         krun: tuple[StateRef, list[Any]] | None = None
         if states == "qemu":
@@ -244,7 +256,7 @@ def _boot_build_and_save(
             first, *more = step.strip().splitlines() or [""]
             label = first + (f" (+{len(more)} lines)" if more else "")
             with progress.step(f"init step {number}/{len(config.init)}: {label}"):
-                _run_init_step(session, number, step, machine)
+                _run_init_step(session, number, step, machine, config)
         with progress.step("Saving the warmed-up VM"):
             session.prepare_snapshot()
             vm.save_state(state)
@@ -317,7 +329,7 @@ def _krun_build(
             session = _boot_handshake(vm, BOOT_TIMEOUT_S)
             for number, step in enumerate(config.init, start=1):
                 with progress.step(f"init step {number}/{len(config.init)} (krun)"):
-                    _run_init_step(session, number, step, machine)
+                    _run_init_step(session, number, step, machine, config)
             with progress.step("Saving the warmed-up krun VM"):
                 session.prepare_snapshot()
                 save_state(spec.control_socket, state_dir)
@@ -344,8 +356,15 @@ def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
         raise explain_agent_failure(vm, exc) from exc
 
 
-def _run_init_step(session: AgentSession, number: int, step: str, machine: MachineConfig) -> None:
-    """Run one `init` step, streaming its output to stderr and keeping the last lines."""
+def _run_init_step(
+    session: AgentSession, number: int, step: str, machine: MachineConfig, config: SmolConfig
+) -> None:
+    """Run one `init` step, streaming its output to stderr and keeping the last lines.
+
+    The Smolfile's `volumes` are mounted for the step (FUSE over the agent channel; the
+    agent unmounts them at the step's EXIT), so none is mounted when the state is saved and
+    nothing of them is carried in the pack unless a step copied it.
+    """
     read_fd, write_fd = os.pipe()
     tail: deque[bytes] = deque(maxlen=5)
 
@@ -361,6 +380,8 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
 
     reader = threading.Thread(target=tee, daemon=True)
     reader.start()
+    mounts = [(HostDir(str(v.host_path), read_only=v.read_only), v.guest_path) for v in
+              sorted(config.volumes, key=lambda v: v.guest_path)]  # fmt: skip
     try:
         code = session.run_build_step(
             ["/bin/sh", "-c", step],
@@ -368,8 +389,11 @@ def _run_init_step(session: AgentSession, number: int, step: str, machine: Machi
             cwd=machine.workdir,
             stdout_fd=write_fd,
             stderr_fd=write_fd,
+            channels=ChannelHub([], None, mounts) if mounts else None,
         )
     finally:
+        for hostdir, _path in mounts:
+            hostdir.close()
         os.close(write_fd)
         reader.join()
         os.close(read_fd)
@@ -408,6 +432,8 @@ def input_digest(config: SmolConfig, states: str = "auto") -> str:
     if image.path is not None:
         _hash_tree(h, image.path)
     # A registry image is named by digest in `described` (see `pin_image`).
+    for volume in config.volumes:  # what the init steps saw there is part of the build
+        _hash_tree(h, volume.host_path)
     h.update(agent_binary(GUEST_ARCH).read_bytes())
     libs = find_runtime_libs()
     h.update(hashlib.sha256(Path(libs.libkrunfw_path).read_bytes()).digest())

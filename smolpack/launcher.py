@@ -10,6 +10,11 @@ appears:
     --smol-engine=E        auto (default), krun or qemu   (env: SMOLPACK_ENGINE)
     --smol-cold            boot the VM instead of restoring its saved state
     --smol-debug           timings, the console log on failure, keep the run files
+    --smol-port H:G        forward 127.0.0.1:H to the guest's port G (repeatable)
+    --smol-ssh-agent       the program reaches your ssh-agent (SSH_AUTH_SOCK)
+    --smol-volume H:G[:ro] a host directory at guest path G for this run (repeatable)
+    --smol-cwd=off|ro|rw   your current directory at the same path, the program starts there
+    --smol-allow-unfiltered-egress   run a pack with egress allow lists under QEMU anyway
 
 The tool's own exit status passes through unchanged; the launcher's own failures print one
 `Error:` line and use the reserved block of formats/exit-codes.md (110-125). Only `main`
@@ -31,7 +36,9 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 PREFIX = "--smol-"
-FLAGS = ("help", "version", "info", "cold", "debug")
+FLAGS = ("help", "version", "info", "cold", "debug", "ssh-agent", "allow-unfiltered-egress")
+# Options with a value, as `--smol-NAME=V` or `--smol-NAME V`.
+VALUED = ("port", "volume", "cwd")
 ENV_ENGINE = "SMOLPACK_ENGINE"
 
 HELP = """\
@@ -46,24 +53,46 @@ Launcher options (reserved namespace, accepted anywhere on the command line):
   --smol-engine=ENGINE   auto (default), krun or qemu
   --smol-cold            boot the VM instead of restoring its saved state
   --smol-debug           print timings and the VM console on failure; keep run files
+  --smol-port HOST:GUEST forward 127.0.0.1:HOST to the guest's port GUEST for this run
+                         (repeatable; works without network; adds to the pack's ports)
+  --smol-ssh-agent       give the program an SSH_AUTH_SOCK that reaches your ssh-agent
+                         (no key enters the VM)
+  --smol-volume HOST:GUEST[:ro]
+                         mount the host directory HOST at GUEST in the VM for this run
+                         (repeatable; new files belong to you)
+  --smol-cwd=off|ro|rw   share your current directory at the same path and start the
+                         program there (overrides the pack's host_cwd)
+  --smol-allow-unfiltered-egress
+                         run a pack whose network is limited to allow lists under QEMU,
+                         which cannot filter: its egress is then unrestricted
 
 Environment:
   SMOLPACK_ENGINE        default for --smol-engine
   SMOLPACK_CACHE_DIR     where files materialized from the pack are cached
                          (default ~/.cache/smolpack)
+  SSH_AUTH_SOCK          your ssh-agent (--smol-ssh-agent, [auth] ssh_agent)
+  the pack's [secrets]   read from your environment or files at each run
 """
 
 
 class LaunchOptions:
     """The launcher's options (a frozen dataclass by hand: see the module docstring)."""
 
-    __slots__ = ("help", "version", "info", "cold", "debug", "engine")
+    __slots__ = (
+        "help", "version", "info", "cold", "debug", "engine",
+        "port", "volume", "cwd", "ssh_agent", "allow_unfiltered_egress",
+    )  # fmt: skip
     help: bool  # --smol-help
     version: bool  # --smol-version
     info: bool  # --smol-info
     cold: bool  # --smol-cold
     debug: bool  # --smol-debug
     engine: str  # --smol-engine / SMOLPACK_ENGINE
+    port: tuple[str, ...]  # --smol-port HOST:GUEST, repeatable
+    volume: tuple[str, ...]  # --smol-volume HOST:GUEST[:ro], repeatable
+    cwd: str | None  # --smol-cwd=off|ro|rw
+    ssh_agent: bool  # --smol-ssh-agent
+    allow_unfiltered_egress: bool  # --smol-allow-unfiltered-egress
 
     def __init__(
         self,
@@ -74,8 +103,16 @@ class LaunchOptions:
         cold: bool = False,
         debug: bool = False,
         engine: str = "auto",
+        port: tuple[str, ...] = (),
+        volume: tuple[str, ...] = (),
+        cwd: str | None = None,
+        ssh_agent: bool = False,
+        allow_unfiltered_egress: bool = False,
     ) -> None:
-        values = (help, version, info, cold, debug, engine)
+        values = (
+            help, version, info, cold, debug, engine,
+            port, volume, cwd, ssh_agent, allow_unfiltered_egress,
+        )  # fmt: skip
         for name, value in zip(self.__slots__, values, strict=True):
             object.__setattr__(self, name, value)
 
@@ -104,13 +141,28 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
 
     values: dict[str, object] = {"engine": env.get(ENV_ENGINE) or "auto"}
     tool_args: list[str] = []
-    for arg in argv:
+    ports: list[str] = []
+    volumes: list[str] = []
+    args = iter(argv)
+    for arg in args:
         if not arg.startswith(PREFIX):
             tool_args.append(arg)
             continue
         name, eq, value = arg[len(PREFIX) :].partition("=")
-        if name in FLAGS and not eq:
-            values[name] = True
+        if name in VALUED:
+            if not eq:
+                value = next(args, "")
+            if not value:
+                shape = {"port": "HOST:GUEST", "volume": "HOST:GUEST[:ro]", "cwd": "off|ro|rw"}
+                raise UsageError(f"{PREFIX}{name} needs a value: {PREFIX}{name} {shape[name]}")
+            if name == "port":
+                ports.append(value)
+            elif name == "volume":
+                volumes.append(value)
+            else:
+                values["cwd"] = value
+        elif name in FLAGS and not eq:
+            values[name.replace("-", "_")] = True
         elif name == "engine" and eq:
             values["engine"] = value
         elif name == "engine":
@@ -122,6 +174,10 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
             "--smol-engine" if any(a.startswith(PREFIX + "engine") for a in argv) else ENV_ENGINE
         )
         raise UsageError(f"{source} must be auto, krun or qemu (got {values['engine']!r})")
+    if values.get("cwd") not in (None, "off", "ro", "rw"):
+        raise UsageError(f"--smol-cwd must be off, ro or rw (got {values['cwd']!r})")
+    values["port"] = tuple(ports)
+    values["volume"] = tuple(volumes)
     return LaunchOptions(**values), tool_args  # type: ignore[arg-type]
 
 
@@ -157,9 +213,20 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
             print_info(path, opts.engine, opts.cold)
             sys.exit(0)
         bootloader = _follow_bootloader()  # here: --smol-version need not import ctypes
+        from smolpack.agent.channels import parse_port_forward
+        from smolpack.host_resources import parse_volume
         from smolpack.runner import RunOptions, run_payload
 
-        options = RunOptions(engine=opts.engine, cold=opts.cold, debug=opts.debug)
+        options = RunOptions(
+            engine=opts.engine,
+            cold=opts.cold,
+            debug=opts.debug,
+            ports=tuple(parse_port_forward(spec, "--smol-port") for spec in opts.port),
+            ssh_agent=opts.ssh_agent,
+            unfiltered_egress=opts.allow_unfiltered_egress,
+            volumes=tuple(parse_volume(spec, "--smol-volume") for spec in opts.volume),
+            cwd_mode=opts.cwd,
+        )
         sys.exit(run_payload(path, tool_args, options))
     except SmolpackError as err:
         err.show()

@@ -35,6 +35,7 @@ def info_text(path: str, engine: str, cold: bool) -> str:
         f"machine   {machine.cpus} vCPU, {machine.memory_mib} MiB RAM,"
         f" network {'on' if machine.net else 'off'}",
         *_egress_lines(machine),
+        *_host_lines(machine),
         f"runs      {default_run}",
         f"          with your arguments: {shlex.join(machine.entrypoint) or '(the arguments)'}"
         + (" ARGS..." if machine.entrypoint else ""),
@@ -48,7 +49,26 @@ def _egress_lines(machine: MachineConfig) -> list[str]:
     allowed = [*machine.allow_hosts, *machine.allow_cidrs]
     if not allowed:
         return []
-    return [f"egress    only to {', '.join(allowed)} (enforced by krun; QEMU cannot filter)"]
+    return [
+        f"egress    only to {', '.join(allowed)} (enforced by krun; QEMU cannot filter and runs"
+        " it only with --smol-allow-unfiltered-egress)"
+    ]
+
+
+def _host_lines(machine: MachineConfig) -> list[str]:
+    """What each run attaches from this host (formats/smolfile.md)."""
+    lines = [f"port      127.0.0.1:{h} -> guest port {g}" for h, g in machine.ports]
+    if machine.ssh_agent:
+        lines.append("ssh-agent yours, through SSH_AUTH_SOCK in the guest")
+    if machine.host_cwd != "off":
+        lines.append(
+            f"cwd       yours, shared at the same path ({machine.host_cwd}; --smol-cwd=off)"
+        )
+    lines += [
+        f"secret    {name} from {'$' + source if kind == 'env' else source}"
+        for name, kind, source in machine.secrets
+    ]
+    return lines
 
 
 def print_info(path: str, engine: str, cold: bool) -> None:

@@ -32,6 +32,12 @@ class MachineConfig:
     # locales the image provides, normalized ("en_US.utf8"); ("*",) for musl: which of the
     # user's LANG/LC_* a terminal run may pass on (`terminal_env`)
     locales: tuple[str, ...] = ()
+    ports: tuple[tuple[int, int], ...] = ()  # (host, guest) TCP forwards of every run
+    ssh_agent: bool = False  # every run reaches the host's ssh-agent ([auth] ssh_agent)
+    # [secrets] references (name, "env" | "file", variable or path); values are read on the
+    # host at each run and never stored anywhere in the pack.
+    secrets: tuple[tuple[str, str, str], ...] = ()
+    host_cwd: str = "off"  # "off" | "ro" | "rw": the user's current directory in the guest
 
     def argv(self, args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """What a run executes: the entrypoint, then the user's args or else `cmd`."""
@@ -55,6 +61,10 @@ class MachineConfig:
                 else {}
             )
             | ({"locales": list(self.locales)} if self.locales else {})
+            | ({"ports": [list(p) for p in self.ports]} if self.ports else {})
+            | ({"ssh_agent": True} if self.ssh_agent else {})
+            | ({"secrets": [list(s) for s in self.secrets]} if self.secrets else {})
+            | ({"host_cwd": self.host_cwd} if self.host_cwd != "off" else {})
         )
 
     @classmethod
@@ -79,6 +89,21 @@ class MachineConfig:
             # (a usage error, 123, as if the user had typed it).
             if "=" not in entry[1:] or "\0" in entry:
                 raise BadLayout(f"{label}: field 'machine.env[{i}]' is not KEY=VALUE")
+
+        def table(key: str, width: int, kinds: tuple[type, ...]) -> tuple[Any, ...]:
+            rows = obj.get(key, [])
+            if not isinstance(rows, list) or not all(
+                isinstance(r, list)
+                and len(r) == width
+                and all(
+                    isinstance(v, k) and not isinstance(v, bool)
+                    for v, k in zip(r, kinds, strict=True)
+                )
+                for r in rows
+            ):
+                raise BadLayout(f"{label}: field 'machine.{key}' is malformed")
+            return tuple(tuple(r) for r in rows)
+
         cpus, memory = field("cpus", int), field("memory_mib", int)
         if not 1 <= cpus <= 64 or not 64 <= memory <= 131072:
             raise BadLayout(f"{label}: field 'machine' has cpus={cpus} memory_mib={memory}")
@@ -94,6 +119,10 @@ class MachineConfig:
             allow_hosts=strings("allow_hosts", []),
             allow_cidrs=strings("allow_cidrs", []),
             locales=strings("locales", []),
+            ports=table("ports", 2, (int, int)),
+            ssh_agent=obj.get("ssh_agent") is True,
+            secrets=table("secrets", 3, (str, str, str)),
+            host_cwd=str(obj.get("host_cwd")) if obj.get("host_cwd") in ("ro", "rw") else "off",
         )
 
 

@@ -8,7 +8,8 @@ agent session, cache). Steps, top to bottom:
 2. check that this host can run it and pick the engine and state (`engine.select`);
 3. materialize what must be a file (the kernel) into the content cache;
 4. restore the saved state (or cold boot when asked or when there is none);
-5. handshake with the agent, send RUN, pump stdio until EXIT;
+5. handshake with the agent, send RUN, pump stdio (and the run's forwarded ports and
+   ssh-agent, `host_resources`) until EXIT;
 6. stop the VM and remove the per-run directory, on every exit path.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolpack.agent import protocol as p
+from smolpack.agent.channels import ChannelHub, PortForward
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_section, section_file
 from smolpack.engine import Vm
@@ -34,6 +36,13 @@ from smolpack.engine.qemu_state import parse_state, run_ram
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
+from smolpack.host_resources import (
+    HostVolume,
+    attach,
+    check_egress,
+    merge_env,
+    resolve_secrets,
+)
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig, terminal_env
 from smolpack.payload import Payload, open_payload
@@ -51,6 +60,12 @@ class RunOptions:
     cold: bool = False  # boot instead of restoring the saved state
     debug: bool = False  # keep the console log, print timings on stderr
     engine_flag: str = "--smol-engine"  # how this front end spells the engine option (hints)
+    flag_prefix: str = "--smol-"  # how this front end spells its other options (errors)
+    ports: tuple[PortForward, ...] = ()  # extra forwards for this run (--smol-port)
+    ssh_agent: bool = False  # forward the host's ssh-agent (--smol-ssh-agent)
+    unfiltered_egress: bool = False  # run a pack with allow lists under QEMU anyway
+    volumes: tuple[HostVolume, ...] = ()  # host directories for this run (--smol-volume)
+    cwd_mode: str | None = None  # "off" | "ro" | "rw" (--smol-cwd); None: the pack's host_cwd
 
 
 def run_payload(path: str | Path, args: list[str], options: RunOptions) -> int:
@@ -86,14 +101,35 @@ def _run_payload(
             plan = planned(cold=True)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
+        check_egress(
+            machine,
+            plan.engine,
+            options.unfiltered_egress,
+            f"{options.flag_prefix}allow-unfiltered-egress",
+        )
+        # Read on this host now, before any VM exists: a missing one is one line.
+        secret_env = resolve_secrets(machine, os.environ)
         clock.mark("plan")
-        with private_run_dir(keep=options.debug) as run_dir:
+        with (
+            attach(
+                machine,
+                options.ports,
+                options.ssh_agent,
+                options.flag_prefix,
+                options.volumes,
+                options.cwd_mode,
+            ) as attached,
+            private_run_dir(keep=options.debug) as run_dir,
+        ):
             plan, vm, session = _start(plan, lambda: planned(cold=True), payload, machine,
                                        run_dir, clock, debug=options.debug)  # fmt: skip
             try:
                 try:
                     with session:
-                        code = _run(session, machine, args, interrupts)
+                        hub = attached.hub(session.protocol_version)
+                        env = merge_env(machine.env, secret_env + attached.env())
+                        cwd = attached.cwd or machine.workdir
+                        code = _run(session, machine, env, cwd, args, interrupts, hub)
                     clock.mark("program")
                 except AgentError as err:
                     raise explain_agent_failure(vm, err) from err
@@ -304,23 +340,30 @@ def _reopen_verified(payload: Payload) -> int:
 
 
 def _run(
-    session: AgentSession, machine: MachineConfig, args: list[str], interrupts: _Interrupts
+    session: AgentSession,
+    machine: MachineConfig,
+    env: tuple[str, ...],
+    cwd: str,
+    args: list[str],
+    interrupts: _Interrupts,
+    hub: ChannelHub | None,
 ) -> int:
     tty = os.isatty(0) and os.isatty(1)
     rows, cols = _window_size() if tty else (0, 0)
     request = p.RunRequest(
         argv=machine.argv(args),
-        env=terminal_env(machine.env, os.environ, machine.locales) if tty else machine.env,
-        cwd=machine.workdir,
+        env=terminal_env(env, os.environ, machine.locales) if tty else env,
+        cwd=cwd,
         tty=tty,
         power_off=True,
         tty_rows=rows,
         tty_cols=cols,
         realtime_ns=time.time_ns(),
         entropy=os.urandom(64),
+        ssh_agent=hub is not None and hub.ssh_agent,
     )
     with interrupts.forwarding_to(session), _resizes(session, tty), _raw_terminal(tty):
-        return session.run(request, stdin_fd=0, stdout_fd=1, stderr_fd=2)
+        return session.run(request, stdin_fd=0, stdout_fd=1, stderr_fd=2, channels=hub)
 
 
 def _window_size() -> tuple[int, int]:

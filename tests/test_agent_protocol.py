@@ -35,11 +35,32 @@ def feed_all(data: bytes, chunk: int | None = None) -> list[p.Frame]:
 
 
 def test_hello_golden_bytes() -> None:
-    frame = p.Hello(nonce=NONCE).encode()
+    frame = p.Hello(nonce=NONCE, protocol_version=1).encode()
     body = NONCE + b"\x01\x00\x00\x00"
     head = b"SP\x01\x00\x14\x00\x00\x00"
     assert frame == head + struct.pack("<I", zlib.crc32(head + body)) + body
     assert frame.hex() == "5350010014000000" + "720d2ac4" + NONCE.hex() + "01000000"
+    # Version 2 is what a host offers first (5.1).
+    assert p.Hello(nonce=NONCE).encode().hex() == (
+        "5350010014000000" + "9ca29fd6" + NONCE.hex() + "02000000"
+    )
+
+
+def test_channel_golden_frames() -> None:
+    assert p.encode_chan_open(1, 8080).hex() == "5350070008000000b80ae28601000000901f0000"
+    assert p.encode_chan(p.CHAN_DATA | p.TO_HOST, 0x80000001, b"hi").hex() == (
+        "5350880006000000df39ad5b010000806869"
+    )
+    assert p.encode_chan(p.CHAN_CLOSE, 3).hex() == "53500900040000006919642203000000"
+    assert p.encode_chan_credit(2, 65536, to_host=True).hex() == (
+        "53508a00080000004aa6c58f0200000000000100"
+    )
+    assert p.decode_chan(p.CHAN_CREDIT | p.TO_HOST, bytes.fromhex("0200000000000100")) == (
+        2,
+        65536,
+    )
+    with pytest.raises(AgentError, match=r"^malformed CHAN_CLOSE frame: 1 extra bytes$"):
+        p.decode_chan(p.CHAN_CLOSE, b"\1\0\0\0\0")
 
 
 def test_other_golden_frames() -> None:
@@ -237,8 +258,8 @@ def test_malformed_bodies_raise_agent_error_naming_the_frame() -> None:
             p.Exit.decode(struct.pack("<II", how, value))
     with pytest.raises(AgentError, match=r"^malformed HELLO_ACK frame: 1 extra bytes$"):
         p.HelloAck.decode(NONCE + b"\1\0\0\0" + b"\0\0\0\0" + b"x")
-    with pytest.raises(AgentError, match="reserved flag bits 0x00000004"):
-        p.RunRequest.decode(struct.pack("<IHHQ", 4, 0, 0, 0) + bytes(64) + bytes(12))
+    with pytest.raises(AgentError, match="reserved flag bits 0x00000008"):
+        p.RunRequest.decode(struct.pack("<IHHQ", 8, 0, 0, 0) + bytes(64) + bytes(12))
 
 
 def test_run_request_user_errors() -> None:

@@ -272,7 +272,7 @@ def test_prepare_snapshot_then_new_handshake(agent: Agent, tmp_path: Path) -> No
 
 def test_agent_errors_surface_as_agent_error(agent: Agent) -> None:
     frame = bytearray(req("true").encode())
-    bad = p.encode_frame(p.RUN, bytes([4, 0, 0, 0]) + bytes(frame[p.HEADER_LEN + 4 :]))
+    bad = p.encode_frame(p.RUN, bytes([8, 0, 0, 0]) + bytes(frame[p.HEADER_LEN + 4 :]))
     agent.sock.sendall(bad)
     with pytest.raises(AgentError, match=r"^guest agent: malformed RUN: reserved flag bits set$"):
         agent.session.prepare_snapshot(timeout_s=5)
@@ -306,7 +306,7 @@ def test_vanished_agent_is_agent_error(agent_path: Path, tmp_path: Path) -> None
 
 def test_agent_binary_usage(agent_path: Path) -> None:
     res = subprocess.run([str(agent_path), "--version"], capture_output=True, text=True)
-    assert (res.returncode, res.stdout) == (0, "smolpack-agent 0.1.0 (protocol 1)\n")
+    assert (res.returncode, res.stdout) == (0, "smolpack-agent 0.1.0 (protocol 2)\n")
     res = subprocess.run([str(agent_path), "--port-fd", "99"], capture_output=True, text=True)
     assert (res.returncode, res.stderr) == (2, "smolpack-agent: bad --port-fd\n")
 
@@ -365,3 +365,34 @@ def test_a_forwarded_signal_nobody_answers_ends_the_run(
     finally:
         os.kill(agent.proc.pid, signal.SIGCONT)
     assert time.monotonic() - t0 < 5  # not the idle ping's 45 s
+
+
+def test_a_version_1_agent_gets_a_version_1_handshake() -> None:
+    """An agent from a pack built before channels refuses version 2; the host falls back."""
+    host, peer = socket.socketpair()
+    offers: list[int] = []
+
+    def old_agent() -> None:
+        reader = p.FrameReader()
+        while True:
+            data = peer.recv(4096)
+            if not data:
+                return
+            for frame in reader.feed(data):
+                hello = p.Hello.decode(frame.body)
+                offers.append(hello.protocol_version)
+                if hello.protocol_version != 1:
+                    msg = f"unsupported protocol version {hello.protocol_version}"
+                    peer.sendall(p.encode_error(msg))
+                else:
+                    ack = p.HelloAck(nonce=hello.nonce, protocol_version=1, agent_version="old")
+                    peer.sendall(ack.encode())
+
+    thread = threading.Thread(target=old_agent)
+    thread.start()
+    with handshake(host, timeout_s=5) as session:
+        assert (session.protocol_version, session.agent_version) == (1, "old")
+    host.close()
+    thread.join()
+    peer.close()
+    assert offers[0] == 2 and offers[-1] == 1

@@ -93,8 +93,8 @@ def test_info_says_who_enforces_the_egress_allow_list(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "network on\n" in res.stdout
     assert (
-        "egress    only to pypi.org, 10.0.0.0/8 (enforced by krun; QEMU cannot filter)\n"
-        in res.stdout
+        "egress    only to pypi.org, 10.0.0.0/8 (enforced by krun; QEMU cannot filter and runs"
+        " it only with --smol-allow-unfiltered-egress)\n" in res.stdout
     )
 
 
@@ -203,3 +203,68 @@ def test_manifest_env_entry_without_equals_is_a_pack_error(tmp_path: Path) -> No
     assert (res.returncode, res.stdout) == (115, "")
     assert res.stderr == f"Error: {bad}: field 'machine.env[1]' is not KEY=VALUE\n"
     assert not any(p.name.startswith("smolpack-run") for p in tmp_path.iterdir())
+
+
+def test_host_resource_options() -> None:
+    opts, args = parse_args(
+        ["--smol-port", "8080:80", "x", "--smol-port=9000", "--smol-ssh-agent",
+         "--smol-allow-unfiltered-egress", "y"],
+        {},
+    )  # fmt: skip
+    assert (opts.port, opts.ssh_agent, opts.allow_unfiltered_egress) == (
+        ("8080:80", "9000"),
+        True,
+        True,
+    )
+    assert args == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--smol-port"], "Error: --smol-port needs a value: --smol-port HOST:GUEST"),
+        (["--smol-port=80:x"], "Error: --smol-port '80:x': expected PORT or HOST:GUEST"),
+        (["--smol-port=0:80"], "Error: --smol-port '0:80': ports must be between 1 and 65535"),
+        (["--smol-volume"], "Error: --smol-volume needs a value: --smol-volume HOST:GUEST[:ro]"),
+        (
+            ["--smol-volume=/nonexistent-dir:/b"],
+            "Error: --smol-volume '/nonexistent-dir:/b': /nonexistent-dir is not a directory",
+        ),
+        (
+            ["--smol-volume=/tmp:rel"],
+            "Error: --smol-volume '/tmp:rel': expected HOST:GUEST[:ro] with an absolute GUEST",
+        ),
+        (["--smol-cwd=maybe"], "Error: --smol-cwd must be off, ro or rw (got 'maybe')"),
+    ],
+)
+def test_bad_host_resource_options_are_one_line(argv: list[str], line: str) -> None:
+    res = launch(*argv)
+    assert (res.returncode, res.stderr) == (123, line + "\n")
+
+
+def test_info_lists_what_each_run_attaches_from_the_host(tmp_path: Path) -> None:
+    pack = write_fake_pack(
+        tmp_path / "attach.smolmachine",
+        ports=[[8080, 80]],
+        ssh_agent=True,
+        secrets=[["TOKEN", "env", "GH_TOKEN"], ["PEM", "file", "~/k.pem"]],
+        host_cwd="rw",
+    )
+    res = launch("--smol-info", pack=pack)
+    assert res.returncode == 0, res.stderr
+    assert (
+        "port      127.0.0.1:8080 -> guest port 80\n"
+        "ssh-agent yours, through SSH_AUTH_SOCK in the guest\n"
+        "cwd       yours, shared at the same path (rw; --smol-cwd=off)\n"
+        "secret    TOKEN from $GH_TOKEN\n"
+        "secret    PEM from ~/k.pem\n"
+    ) in res.stdout
+
+
+def test_a_missing_secret_is_one_line_before_any_vm(tmp_path: Path) -> None:
+    pack = write_fake_pack(tmp_path / "s.smolmachine", secrets=[["TOKEN", "env", "NOPE_X"]])
+    res = launch("true", pack=pack, SMOLPACK_ENGINE="qemu")
+    assert (res.returncode, res.stderr) == (
+        120,
+        "Error: secret TOKEN: environment variable NOPE_X is not set\n",
+    )

@@ -176,13 +176,12 @@ def test_ignored_sections_accept_any_content_and_warn_in_file_order(proj: Path) 
     cfg = load(
         proj,
         'image = "./rootfs"\n[health]\nexec = ["curl"]\nanything = {a = 1}\n'
-        '[secrets]\nTOKEN = { from_env = "T" }\n[artifact]\noci_platform = "linux/amd64"\n',
+        '[fork]\nTOKEN = { from_env = "T" }\n[artifact]\noci_platform = "linux/amd64"\n',
     )
     assert cfg.warnings == (
         f"{proj}/Smolfile:2: warning: '[health]' is ignored by smolpack"
         " (a pack runs one command, not a service)",
-        f"{proj}/Smolfile:5: warning: '[secrets]' is ignored by smolpack"
-        " (packs carry no secret references)",
+        f"{proj}/Smolfile:5: warning: '[fork]' is ignored by smolpack (no VM forking in packs)",
     )
     # oci_platform picks what a registry image is pulled for (formats/registry.md)
     assert cfg.artifact.oci_platform == "linux/amd64"
@@ -308,6 +307,9 @@ def test_to_dict_is_json_and_complete(proj: Path) -> None:
         "volumes": [{"host": f"{proj}/src", "guest": "/s", "read_only": True}],
         "ports": [{"host": 80, "guest": 80}],
         "network": {"allow_hosts": [], "allow_cidrs": []},
+        "secrets": [],
+        "ssh_agent": False,
+        "host_cwd": "off",
         "artifact": {"cpus": None, "memory_mib": 128, "entrypoint": [], "cmd": []},
         "warnings": [f"{proj}/Smolfile:5: warning: 'gpu' is ignored by smolpack (no GPU in packs)"],
     }

@@ -180,13 +180,11 @@ def test_full_documented_example(proj: Path) -> None:
     assert [w.split(": warning: ")[0].rsplit(":", 1)[1] for w in cfg.warnings] == [
         "24",
         "30",
-        "34",
         "37",
-        "41",
     ]
-    assert cfg.warnings[-1].endswith(
-        "'[secrets]' is ignored by smolpack (packs carry no secret references)"
-    )
+    # [auth] and [secrets] take effect (formats/smolfile.md §4).
+    assert cfg.ssh_agent is True
+    assert [x.to_dict() for x in cfg.secrets] == [{"name": "DB_PASSWORD", "from_env": "PGPASSWORD"}]
 
 
 def test_relative_volume_found_only_in_the_current_directory_is_used_with_a_warning(

@@ -1,18 +1,22 @@
 /*
  * smolpack guest agent — the run stage inside the VM.
  *
- * Implements formats/agent-protocol.md (protocol version 1): PID 1 of the guest under QEMU
- * (init=/smolpack/agent), or started by libkrun's init, or `agent --port-fd N` for tests on
- * the host (section 8). One RUN at a time, single-threaded poll loop over: the channel, a
- * signalfd for SIGCHLD, and the running program's stdio (pipes, or a pty master in tty mode).
+ * Implements formats/agent-protocol.md (protocol version 2, speaks 1 too): PID 1 of the guest
+ * under QEMU (init=/smolpack/agent), or started by libkrun's init, or `agent --port-fd N` for
+ * tests on the host (section 8). One RUN at a time, single-threaded poll loop over: the port,
+ * a signalfd for SIGCHLD, the running program's stdio (pipes, or a pty master in tty mode),
+ * and the channels of section 5.7 (TCP connections to guest ports, the ssh-agent socket).
  *
  * Build: see guest/Makefile and guest/README.md (static, musl-gcc preferred). This file is
  * package data (pyproject.toml): `smolpack create` compiles it via smolpack/agent/binary.py.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -24,20 +28,30 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #define AGENT_VERSION "smolpack-agent 0.1.0"
-#define PROTOCOL_VERSION 1u
+#define PROTOCOL_VERSION 2u /* newest spoken; HELLO with 1 is answered with 1 (spec 5.1) */
 #define HDR_LEN 12u
 #define DATA_MAX 65536u             /* max data per STDOUT/STDERR frame (spec section 2) */
 #define OUT_HIGH (256u * 1024u)     /* stop reading program output above this backlog */
 #define IN_HIGH (4u * 1024u * 1024u) /* stop reading the channel above this stdin backlog */
 #define GRACE_MS 500                /* wait for grandchildren holding stdout/stderr */
 #define PORT_NAME "smolpack.agent"
+#define CHAN_MAX 64                  /* open channels at once (section 5.7) */
+#define CHAN_WINDOW (1024u * 1024u)   /* uncredited bytes per channel and direction (5.7) */
+#define CREDIT_EVERY (64u * 1024u)
+#define AGENT_CHAN_BIT 0x80000000u   /* ids the agent opens */
+#define SERVICE_SSH_AGENT 1u
+#define SSH_SOCK_NAME "ssh-agent.sock"
+#define FUSE_BUF (256u * 1024u) /* /dev/fuse reads need >= max_write (128 KiB) + headers */
+#define MOUNT_RO 1u
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* RNDADDENTROPY from <linux/random.h>, which musl does not ship: _IOW('R', 0x03, int[2]). */
@@ -45,10 +59,11 @@
 
 enum {
     T_HELLO = 0x01, T_RUN = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_RESIZE = 0x05,
-    T_PREPARE = 0x06, T_HELLO_ACK = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
+    T_PREPARE = 0x06, T_CHAN_OPEN = 0x07, T_CHAN_DATA = 0x08, T_CHAN_CLOSE = 0x09,
+    T_CHAN_CREDIT = 0x0A, T_MOUNT = 0x0B, TO_HOST = 0x80, T_HELLO_ACK = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
     T_ERROR = 0x85, T_READY = 0x86,
 };
-enum { RUN_TTY = 1u << 0, RUN_POWER_OFF = 1u << 1 };
+enum { RUN_TTY = 1u << 0, RUN_POWER_OFF = 1u << 1, RUN_SSH_AGENT = 1u << 2 };
 enum state { WAIT_HELLO, IDLE, RUNNING };
 
 struct buf {
@@ -75,6 +90,22 @@ static enum state state = WAIT_HELLO;
 static struct buf inbuf, outbuf;
 static struct run run;
 static long long port_backoff_until_ms;
+
+/* One channel (section 5.7): a TCP connection to a guest port or an ssh-agent client. */
+struct chan {
+    uint32_t id;      /* 0 = free slot */
+    int fd;
+    int connecting;   /* non-blocking connect in progress */
+    uint32_t credit;  /* bytes we may still send to the host */
+    uint32_t written; /* bytes written to fd, not yet credited to the host */
+    int read_eof, peer_eof, closing;
+    struct buf q;     /* from the host, to write to fd */
+    char *mnt;        /* a FUSE channel (MOUNT): fd is /dev/fuse, mounted here */
+};
+static struct chan chans[CHAN_MAX];
+static uint32_t next_agent_chan = 1;
+static int ssh_fd = -1;              /* the ssh-agent listener of the current run */
+static char ssh_dir[256] = "/run/smolpack";
 
 static void logmsg(const char *fmt, const char *a, const char *b) {
     dprintf(2, "smolpack-agent: ");
@@ -146,20 +177,31 @@ static long type_max(uint8_t t) { /* per-type body maximum (spec section 4); -1 
     case T_STDIN: case T_STDOUT: case T_STDERR: return DATA_MAX;
     case T_SIGNAL: case T_RESIZE: case T_EXIT: return t == T_EXIT ? 8 : 4;
     case T_PREPARE: case T_READY: return 0;
+    case T_CHAN_OPEN: case T_CHAN_OPEN | TO_HOST: case T_CHAN_CREDIT:
+    case T_CHAN_CREDIT | TO_HOST: return 8;
+    case T_CHAN_DATA: case T_CHAN_DATA | TO_HOST: return DATA_MAX + 4;
+    case T_CHAN_CLOSE: case T_CHAN_CLOSE | TO_HOST: return 4;
+    case T_MOUNT: return 12 + 4096;
     case T_HELLO_ACK: return 1024;
     case T_ERROR: return 4096;
     default: return -1;
     }
 }
 
-static void send_frame(uint8_t type, const void *body, size_t n) {
+/* A frame whose body is `pre` (npre bytes) then `body` (n bytes). */
+static void send_frame2(uint8_t type, const void *pre, size_t npre, const void *body, size_t n) {
     uint8_t h[HDR_LEN] = {'S', 'P', type, 0};
-    wr32(h + 4, (uint32_t)n);
+    wr32(h + 4, (uint32_t)(npre + n));
     uint32_t c = crc_update(0xFFFFFFFFu, h, 8);
+    if (npre) c = crc_update(c, pre, npre);
     c = crc_update(c, body, n) ^ 0xFFFFFFFFu;
     wr32(h + 8, c);
     buf_append(&outbuf, h, HDR_LEN);
+    if (npre) buf_append(&outbuf, pre, npre);
     if (n) buf_append(&outbuf, body, n);
+}
+static void send_frame(uint8_t type, const void *body, size_t n) {
+    send_frame2(type, NULL, 0, body, n);
 }
 
 static void send_error(const char *msg) {
@@ -252,6 +294,20 @@ static void fix_stdio(void) {
     if (c > 2) close(c);
 }
 
+/* Bring up lo (the kernel then adds 127.0.0.1/8): forwarded ports connect to 127.0.0.1. */
+static void loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0) logmsg("lo: %s%s", strerror(errno), "");
+    else if (!(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) logmsg("lo up: %s%s", strerror(errno), "");
+    }
+    if (s >= 0) close(s);
+}
+
 static void setup_guest(void) {
     hold_stdio();
     mount_one("proc", "/proc", "proc", NULL);
@@ -276,6 +332,7 @@ static void setup_guest(void) {
             snprintf(host, sizeof host, "%s", tok + 18);
     if (sethostname(host, strlen(host)) != 0) logmsg("sethostname %s: %s", host, strerror(errno));
     if (chdir("/") != 0) logmsg("chdir /: %s%s", strerror(errno), "");
+    loopback_up();
 }
 
 /* Open /dev/<vport> whose /sys/class/virtio-ports/<vport>/name is PORT_NAME; -1 if none. */
@@ -308,6 +365,269 @@ static void power_off(void) {
     logmsg("power off: %s%s", strerror(errno), "");
     if (getpid() != 1) _exit(0);
     for (;;) pause(); /* PID 1 must not exit (kernel panic); the host kills the VM */
+}
+
+
+/* ---- channels (spec section 5.7) ---- */
+
+static struct chan *chan_find(uint32_t id) {
+    for (int i = 0; id && i < CHAN_MAX; i++)
+        if (chans[i].id == id) return &chans[i];
+    return NULL;
+}
+
+static struct chan *chan_new(uint32_t id, int fd, int connecting) {
+    for (int i = 0; i < CHAN_MAX; i++) {
+        struct chan *c = &chans[i];
+        if (c->id) continue;
+        uint8_t *keep = c->q.p;
+        size_t cap = c->q.cap;
+        memset(c, 0, sizeof *c);
+        c->q.p = keep; /* reuse the slot's buffer */
+        c->q.cap = cap;
+        c->id = id;
+        c->fd = fd;
+        c->connecting = connecting;
+        c->credit = CHAN_WINDOW;
+        return c;
+    }
+    return NULL;
+}
+
+static void send_chan(uint8_t type, uint32_t id, const void *data, size_t n) {
+    uint8_t pre[4];
+    wr32(pre, id);
+    send_frame2(type | TO_HOST, pre, 4, data, n);
+}
+static void send_chan_u32(uint8_t type, uint32_t id, uint32_t v) {
+    uint8_t b[4];
+    wr32(b, v);
+    send_chan(type, id, b, 4);
+}
+
+static void chan_forget(struct chan *c) {
+    if (c->mnt) { /* detach: a leftover process inside only sees it vanish */
+        umount2(c->mnt, MNT_DETACH);
+        free(c->mnt);
+        c->mnt = NULL;
+    }
+    close(c->fd);
+    c->id = 0;
+    buf_clear(&c->q);
+}
+static void chan_abort(struct chan *c) {
+    send_chan(T_CHAN_CLOSE, c->id, NULL, 0);
+    chan_forget(c);
+}
+static void chan_maybe_done(struct chan *c) {
+    if (c->id && c->read_eof && c->peer_eof && !buf_used(&c->q)) chan_abort(c);
+}
+
+/* A FUSE channel's queue holds the kernel's replies (fuse_out_header.len first): each one
+ * goes to /dev/fuse in exactly one write, as the device demands. */
+static void fuse_write(struct chan *c) {
+    while (buf_used(&c->q) >= 16) {
+        uint32_t len = rd32(c->q.p + c->q.off);
+        if (len < 16 || len > CHAN_WINDOW) { chan_abort(c); return; }
+        if (buf_used(&c->q) < len) break;
+        /* ENOENT: the request was interrupted meanwhile; the reply is just dropped. */
+        if (write(c->fd, c->q.p + c->q.off, len) < 0 && errno != ENOENT)
+            logmsg("fuse reply: %s%s", strerror(errno), "");
+        buf_consume(&c->q, len);
+        c->written += len;
+    }
+    if (c->written) {
+        send_chan_u32(T_CHAN_CREDIT, c->id, c->written);
+        c->written = 0;
+    }
+}
+
+static void chan_write(struct chan *c) {
+    if (c->mnt) { fuse_write(c); return; }
+    if (c->connecting) {
+        if (c->closing) chan_forget(c);
+        return;
+    }
+    while (buf_used(&c->q)) {
+        ssize_t w = write(c->fd, c->q.p + c->q.off, buf_used(&c->q));
+        if (w > 0) { buf_consume(&c->q, (size_t)w); c->written += (uint32_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) break;
+        chan_abort(c);
+        return;
+    }
+    if (c->written && (c->written >= CREDIT_EVERY || !buf_used(&c->q))) {
+        send_chan_u32(T_CHAN_CREDIT, c->id, c->written);
+        c->written = 0;
+    }
+    if (buf_used(&c->q)) return;
+    if (c->closing) { chan_forget(c); return; } /* the host closed: send nothing back */
+    if (c->peer_eof) shutdown(c->fd, SHUT_WR);
+    chan_maybe_done(c);
+}
+
+static void fuse_read(struct chan *c) {
+    static uint8_t req[FUSE_BUF];
+    ssize_t n = read(c->fd, req, sizeof req); /* exactly one request */
+    if (n < 0 && (errno == EAGAIN || errno == EINTR || errno == ENOENT)) return;
+    if (n <= 0) { chan_abort(c); return; } /* ENODEV: unmounted */
+    for (size_t off = 0; off < (size_t)n; off += DATA_MAX) {
+        size_t k = (size_t)n - off < DATA_MAX ? (size_t)n - off : DATA_MAX;
+        send_chan(T_CHAN_DATA, c->id, req + off, k);
+    }
+    c->credit -= (uint32_t)n;
+}
+
+static void chan_read(struct chan *c) {
+    if (c->mnt) { fuse_read(c); return; }
+    uint8_t data[DATA_MAX];
+    size_t want = c->credit < DATA_MAX ? c->credit : DATA_MAX;
+    ssize_t n = read(c->fd, data, want);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n < 0) { chan_abort(c); return; }
+    send_chan(T_CHAN_DATA, c->id, data, (size_t)n); /* n == 0: EOF */
+    if (n > 0) { c->credit -= (uint32_t)n; return; }
+    c->read_eof = 1;
+    chan_maybe_done(c);
+}
+
+static void chan_connected(struct chan *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err) { chan_abort(c); return; } /* e.g. ECONNREFUSED: nobody listens there */
+    c->connecting = 0;
+    chan_write(c);
+}
+
+/* CHAN_OPEN from the host: connect to 127.0.0.1:port in the guest. */
+static void chan_open_tcp(uint32_t id, uint32_t port) {
+    if ((id & AGENT_CHAN_BIT) || chan_find(id) || port == 0 || port > 65535) {
+        send_chan(T_CHAN_CLOSE, id, NULL, 0);
+        return;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    struct chan *c = NULL;
+    if (rc == 0 || (rc < 0 && errno == EINPROGRESS)) c = chan_new(id, fd, rc != 0);
+    if (!c) {
+        if (fd >= 0) close(fd);
+        send_chan(T_CHAN_CLOSE, id, NULL, 0);
+    }
+}
+
+static void chan_frame(uint8_t type, const uint8_t *body, uint32_t len) {
+    if (len < 4) return;
+    uint32_t id = rd32(body);
+    if (type == T_CHAN_OPEN) {
+        if (len == 8) chan_open_tcp(id, rd32(body + 4));
+        return;
+    }
+    struct chan *c = chan_find(id);
+    if (!c || (c->id & AGENT_CHAN_BIT) != (id & AGENT_CHAN_BIT)) return;
+    if (type == T_CHAN_CREDIT) {
+        if (len == 8) c->credit += rd32(body + 4);
+    } else if (type == T_CHAN_CLOSE) {
+        c->closing = 1;
+        chan_write(c);
+    } else if (len > 4) {
+        if (buf_used(&c->q) + (len - 4) > CHAN_WINDOW) { chan_abort(c); return; }
+        buf_append(&c->q, body + 4, len - 4);
+        chan_write(c);
+    } else {
+        c->peer_eof = 1;
+        chan_write(c);
+    }
+}
+
+static void mkdir_p(const char *path) {
+    char p[4097];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') { *s = 0; mkdir(p, 0755); *s = '/'; }
+    mkdir(p, 0755);
+}
+
+/* MOUNT (h→a): a host directory at guest_path, as FUSE served by the host on channel id. */
+static void chan_mount(const uint8_t *body, uint32_t len) {
+    if (len < 12) return;
+    uint32_t id = rd32(body), flags = rd32(body + 4), plen = rd32(body + 8);
+    char path[4097], msg[4200];
+    if (plen != len - 12 || plen == 0 || plen > 4096 || memchr(body + 12, 0, plen) ||
+        body[12] != '/' || (flags & ~MOUNT_RO)) {
+        send_error("malformed MOUNT");
+        return;
+    }
+    memcpy(path, body + 12, plen);
+    path[plen] = 0;
+    if ((id & AGENT_CHAN_BIT) || chan_find(id)) { send_chan(T_CHAN_CLOSE, id, NULL, 0); return; }
+    mkdir_p(path);
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    char opts[160];
+    snprintf(opts, sizeof opts,
+             "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,max_read=131072", fd);
+    unsigned long mf = MS_NOSUID | MS_NODEV | ((flags & MOUNT_RO) ? MS_RDONLY : 0);
+    if (fd < 0 || mount("smolpack", path, "fuse", mf, opts) != 0) {
+        snprintf(msg, sizeof msg, "cannot mount a host directory at %s: %s", path,
+                 strerror(errno));
+        if (fd >= 0) close(fd);
+        send_error(msg);
+        return;
+    }
+    struct chan *c = chan_new(id, fd, 0);
+    if (!c) {
+        umount2(path, MNT_DETACH);
+        close(fd);
+        send_error("cannot mount a host directory: too many channels");
+        return;
+    }
+    c->mnt = strdup(path);
+}
+
+static void chan_unmount_all(void) {
+    for (int i = 0; i < CHAN_MAX; i++)
+        if (chans[i].id && chans[i].mnt) chan_forget(&chans[i]);
+}
+
+static void chan_close_all(void) {
+    for (int i = 0; i < CHAN_MAX; i++)
+        if (chans[i].id) chan_forget(&chans[i]);
+}
+
+/* RUN flag SSH_AGENT: listen on <ssh_dir>/ssh-agent.sock for this run. */
+static int ssh_listen(void) {
+    char path[sizeof ssh_dir + sizeof SSH_SOCK_NAME + 1];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(path, sizeof path, "%s/%s", ssh_dir, SSH_SOCK_NAME);
+    if (strlen(path) >= sizeof sa.sun_path) return -1;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (mkdir(ssh_dir, 0700) != 0 && errno != EEXIST) return -1;
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(path, 0600) != 0 ||
+        listen(fd, 16) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+static void ssh_close(void) {
+    if (ssh_fd < 0) return;
+    close(ssh_fd);
+    ssh_fd = -1;
+    char path[sizeof ssh_dir + sizeof SSH_SOCK_NAME + 1];
+    snprintf(path, sizeof path, "%s/%s", ssh_dir, SSH_SOCK_NAME);
+    unlink(path);
+}
+static void ssh_accept(void) {
+    int fd = accept4(ssh_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    uint32_t id = AGENT_CHAN_BIT | next_agent_chan++;
+    if (!chan_new(id, fd, 0)) { close(fd); return; }
+    send_chan_u32(T_CHAN_OPEN, id, SERVICE_SSH_AGENT);
 }
 
 /* ---- RUN ---- */
@@ -405,7 +725,7 @@ static void exec_program(char **argv, char **envp) {
 static void start_run(const uint8_t *body, uint32_t len) {
     if (len < 80) { send_error("malformed RUN: shorter than 80 bytes"); return; }
     uint32_t flags = rd32(body);
-    if (flags & ~(uint32_t)(RUN_TTY | RUN_POWER_OFF)) {
+    if (flags & ~(uint32_t)(RUN_TTY | RUN_POWER_OFF | RUN_SSH_AGENT)) {
         send_error("malformed RUN: reserved flag bits set");
         return;
     }
@@ -433,6 +753,10 @@ static void start_run(const uint8_t *body, uint32_t len) {
         feed_entropy(body + 16);
     }
 
+    if ((flags & RUN_SSH_AGENT) && ssh_fd < 0 && (ssh_fd = ssh_listen()) < 0) {
+        send_error("cannot listen on the ssh-agent socket");
+        goto out;
+    }
     int tty = flags & RUN_TTY, child_in = -1, child_out = -1, child_err = -1, master = -1;
     int in_p[2] = {-1, -1}, out_p[2] = {-1, -1}, err_p[2] = {-1, -1};
     if (tty) {
@@ -558,6 +882,8 @@ static void finish_run_if_done(void) {
     wr32(body, sig ? 1 : 0);
     wr32(body + 4, (uint32_t)(sig ? WTERMSIG(run.status) : WEXITSTATUS(run.status)));
     send_frame(T_EXIT, body, 8);
+    ssh_close();
+    chan_unmount_all(); /* host directories belong to one run */
     state = IDLE;
     if (run.power_off) {
         flush_out(1);
@@ -581,7 +907,8 @@ static void reap(void) {
 static void handle_frame(uint8_t type, const uint8_t *body, uint32_t len) {
     if (type == T_HELLO) {
         if (len != 20) return;
-        if (rd32(body + 16) != PROTOCOL_VERSION) {
+        uint32_t version = rd32(body + 16);
+        if (version < 1 || version > PROTOCOL_VERSION) {
             char msg[64];
             snprintf(msg, sizeof msg, "unsupported protocol version %u", rd32(body + 16));
             send_error(msg);
@@ -589,7 +916,7 @@ static void handle_frame(uint8_t type, const uint8_t *body, uint32_t len) {
         }
         uint8_t ack[20 + 4 + sizeof AGENT_VERSION];
         memcpy(ack, body, 16);
-        wr32(ack + 16, PROTOCOL_VERSION);
+        wr32(ack + 16, version); /* the HELLO's own version (spec 5.1) */
         wr32(ack + 20, (uint32_t)strlen(AGENT_VERSION));
         memcpy(ack + 24, AGENT_VERSION, strlen(AGENT_VERSION));
         send_frame(T_HELLO_ACK, ack, 24 + strlen(AGENT_VERSION));
@@ -604,6 +931,7 @@ static void handle_frame(uint8_t type, const uint8_t *body, uint32_t len) {
         break;
     case T_PREPARE:
         if (state == RUNNING) { send_error("busy: a program is running"); break; }
+        chan_close_all(); /* forwards are run-time only: none belong in a saved state */
         sync();
         send_frame(T_READY, NULL, 0);
         flush_out(1);
@@ -628,6 +956,12 @@ static void handle_frame(uint8_t type, const uint8_t *body, uint32_t len) {
             ioctl(run.in_fd, TIOCSWINSZ, &ws);
         }
         break;
+    case T_CHAN_OPEN: case T_CHAN_DATA: case T_CHAN_CLOSE: case T_CHAN_CREDIT:
+        chan_frame(type, body, len);
+        break;
+    case T_MOUNT:
+        chan_mount(body, len);
+        break;
     default:
         break; /* agent-to-host types echoed back, or late frames: ignore */
     }
@@ -651,8 +985,9 @@ static void read_port(void) {
 
 static void serve(void) {
     for (;;) {
-        struct pollfd pf[5];
+        struct pollfd pf[6 + CHAN_MAX];
         int n = 0, i_port = -1, i_sig, i_out = -1, i_err = -1, i_in = -1, timeout = -1;
+        int i_ssh = -1, i_chan = 0, chan_of[CHAN_MAX];
         long long now = now_ms();
         short port_ev = buf_used(&outbuf) ? POLLOUT : 0;
         if (now < port_backoff_until_ms) {
@@ -672,11 +1007,26 @@ static void serve(void) {
                 i_err = n, pf[n++] = (struct pollfd){.fd = run.err_fd, .events = POLLIN};
             if (run.in_fd >= 0 && buf_used(&run.inq))
                 i_in = n, pf[n++] = (struct pollfd){.fd = run.in_fd, .events = POLLOUT};
+            if (ssh_fd >= 0 && room)
+                i_ssh = n, pf[n++] = (struct pollfd){.fd = ssh_fd, .events = POLLIN};
             if (run.reaped) {
                 long long left = run.reaped_at_ms + GRACE_MS - now;
                 int t = left > 0 ? (int)left : 0;
                 if (timeout < 0 || t < timeout) timeout = t;
             }
+        }
+        i_chan = n;
+        for (int i = 0; i < CHAN_MAX; i++) {
+            struct chan *c = &chans[i];
+            short ev = 0;
+            if (!c->id) continue;
+            if (c->connecting || buf_used(&c->q)) ev |= POLLOUT;
+            if (!c->connecting && !c->read_eof && !c->closing &&
+                c->credit >= (c->mnt ? FUSE_BUF : 1) && buf_used(&outbuf) < OUT_HIGH)
+                ev |= POLLIN;
+            if (!ev) continue;
+            chan_of[n - i_chan] = i;
+            pf[n++] = (struct pollfd){.fd = c->fd, .events = ev};
         }
         if (poll(pf, (nfds_t)n, timeout) < 0) {
             if (errno == EINTR) continue;
@@ -687,6 +1037,15 @@ static void serve(void) {
         if (i_in >= 0 && pf[i_in].revents) write_stdin();
         if (i_out >= 0 && pf[i_out].revents && run.out_fd >= 0) pump_output(&run.out_fd, T_STDOUT);
         if (i_err >= 0 && pf[i_err].revents && run.err_fd >= 0) pump_output(&run.err_fd, T_STDERR);
+        for (int k = i_chan; k < n; k++) {
+            struct chan *c = &chans[chan_of[k - i_chan]];
+            short re = pf[k].revents;
+            if (!re || !c->id || c->fd != pf[k].fd) continue;
+            if (c->connecting) { chan_connected(c); continue; }
+            if (re & (POLLOUT | POLLERR | POLLHUP) && buf_used(&c->q)) chan_write(c);
+            if (c->id && re & (POLLIN | POLLHUP | POLLERR) && (pf[k].events & POLLIN)) chan_read(c);
+        }
+        if (i_ssh >= 0 && pf[i_ssh].revents && ssh_fd >= 0) ssh_accept();
         if (i_port >= 0 && pf[i_port].revents & (POLLIN | POLLHUP | POLLERR)) read_port();
         if (state == RUNNING) write_stdin();
         finish_run_if_done();
@@ -700,6 +1059,8 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--port-fd")) {
         test_mode = 1;
         port_fd = atoi(argv[2]);
+        const char *dir = getenv("SMOLPACK_AGENT_RUN_DIR"); /* tests: not /run on the host */
+        if (dir && *dir) snprintf(ssh_dir, sizeof ssh_dir, "%s", dir);
         fcntl(port_fd, F_SETFD, FD_CLOEXEC);
     } else if (argc == 2 && !strcmp(argv[1], "--version")) {
         printf("%s (protocol %u)\n", AGENT_VERSION, PROTOCOL_VERSION);

@@ -1,7 +1,8 @@
 """Agent protocol frames and messages (run stage: launcher/build host ↔ guest agent).
 
-Implements formats/agent-protocol.md v1: the frame (section 2), the resynchronising reader
-(section 3), the type table (section 4) and one dataclass per body layout (section 5).
+Implements formats/agent-protocol.md v2: the frame (section 2), the resynchronising reader
+(section 3), the type table (section 4), one dataclass per body layout (section 5) and the
+channel frames (section 5.7).
 Stdlib only: the launcher stub imports this module.
 """
 
@@ -14,12 +15,14 @@ from typing import ClassVar
 
 from smolpack.errors import AgentError, UsageError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the newest version this host speaks; HELLO offers it first
+OLDEST_VERSION = 1  # agents in packs built before channels (5.1: the host falls back)
 MAGIC = b"SP"
 HEADER = struct.Struct("<2sBBII")  # magic, type, flags, body_len, crc32
 HEADER_LEN = HEADER.size  # 12
 MAX_BODY = 1 << 20  # no frame body exceeds 1 MiB
 DATA_CHUNK = 64 * 1024  # writers put at most this much data in one STDIN/STDOUT/STDERR frame
+CHAN_WINDOW = 1024 * 1024  # uncredited bytes a side may send on one channel (5.7)
 
 # Message types (section 4). Agent-to-host types have bit 7 set.
 HELLO = 0x01
@@ -28,6 +31,12 @@ STDIN = 0x03
 SIGNAL = 0x04
 RESIZE = 0x05
 PREPARE_SNAPSHOT = 0x06
+CHAN_OPEN = 0x07  # h→a form; the a→h form of each CHAN_* type is `| TO_HOST`
+CHAN_DATA = 0x08
+CHAN_CLOSE = 0x09
+CHAN_CREDIT = 0x0A
+MOUNT = 0x0B  # h→a only: a host directory as FUSE, served on a channel (5.8)
+TO_HOST = 0x80
 HELLO_ACK = 0x81
 STDOUT = 0x82
 STDERR = 0x83
@@ -50,9 +59,17 @@ MAX_BODY_BY_TYPE: dict[int, int] = {
     ERROR: 4096,
     READY: 0,
 }
+for _t, _max in ((CHAN_OPEN, 8), (CHAN_DATA, DATA_CHUNK + 4), (CHAN_CLOSE, 4), (CHAN_CREDIT, 8)):
+    MAX_BODY_BY_TYPE[_t] = MAX_BODY_BY_TYPE[_t | TO_HOST] = _max
+MAX_BODY_BY_TYPE[MOUNT] = 12 + 4096
+MOUNT_READ_ONLY = 1 << 0
+SERVICE_SSH_AGENT = 1  # CHAN_OPEN a→h: a guest program connected to the ssh-agent socket
+GUEST_SSH_AUTH_SOCK = "/run/smolpack/ssh-agent.sock"  # where the agent listens (5.7)
 
 RUN_FLAG_TTY = 1 << 0
 RUN_FLAG_POWER_OFF = 1 << 1
+RUN_FLAG_SSH_AGENT = 1 << 2  # version 2
+_RUN_FLAGS = RUN_FLAG_TTY | RUN_FLAG_POWER_OFF | RUN_FLAG_SSH_AGENT
 _RUN_FIXED = struct.Struct("<IHHQ64s")  # flags, tty_rows, tty_cols, realtime_ns, entropy
 
 
@@ -211,6 +228,7 @@ class RunRequest:
     tty_cols: int = 0  # window columns in tty mode; 0 = leave the default
     realtime_ns: int = 0  # host wall clock, ns since the epoch; 0 = do not set
     entropy: bytes = bytes(64)  # 64 fresh random bytes for the guest RNG
+    ssh_agent: bool = False  # serve GUEST_SSH_AUTH_SOCK for this run (v2, section 5.7)
 
     def encode(self) -> bytes:
         if not self.argv:
@@ -223,7 +241,11 @@ class RunRequest:
                 raise UsageError(f"environment entry {entry.split('=')[0]!r} is malformed")
         if len(self.entropy) != 64:
             raise ValueError("entropy must be 64 bytes")
-        flags = (RUN_FLAG_TTY if self.tty else 0) | (RUN_FLAG_POWER_OFF if self.power_off else 0)
+        flags = (
+            (RUN_FLAG_TTY if self.tty else 0)
+            | (RUN_FLAG_POWER_OFF if self.power_off else 0)
+            | (RUN_FLAG_SSH_AGENT if self.ssh_agent else 0)
+        )
         parts = [
             _RUN_FIXED.pack(flags, self.tty_rows, self.tty_cols, self.realtime_ns, self.entropy)
         ]
@@ -242,7 +264,7 @@ class RunRequest:
     def decode(cls, body: bytes) -> RunRequest:
         r = _BodyReader("RUN", body)
         flags, rows, cols, realtime_ns, entropy = _RUN_FIXED.unpack(r.take(_RUN_FIXED.size))
-        if flags & ~(RUN_FLAG_TTY | RUN_FLAG_POWER_OFF):
+        if flags & ~_RUN_FLAGS:
             raise AgentError(f"malformed RUN frame: reserved flag bits 0x{flags:08x}")
         lists: list[tuple[str, ...]] = []
         for _ in range(2):
@@ -260,6 +282,7 @@ class RunRequest:
             tty_cols=cols,
             realtime_ns=realtime_ns,
             entropy=entropy,
+            ssh_agent=bool(flags & RUN_FLAG_SSH_AGENT),
         )
 
 
@@ -328,3 +351,45 @@ def decode_resize(body: bytes) -> tuple[int, int]:
         raise AgentError(f"malformed RESIZE frame: {len(body)} bytes, expected 4")
     rows, cols = struct.unpack("<HH", body)
     return rows, cols
+
+
+# -- channels (section 5.7) ---------------------------------------------------------
+
+
+def encode_chan(msg_type: int, chan: int, rest: bytes = b"") -> bytes:
+    """A CHAN_* frame (either direction): `u32 chan` then the type's fields or data."""
+    return encode_frame(msg_type, struct.pack("<I", chan) + rest)
+
+
+def encode_chan_open(chan: int, value: int, *, to_host: bool = False) -> bytes:
+    """CHAN_OPEN: h→a `value` is a guest TCP port, a→h a service number."""
+    return encode_chan(CHAN_OPEN | (TO_HOST if to_host else 0), chan, struct.pack("<I", value))
+
+
+def encode_chan_credit(chan: int, count: int, *, to_host: bool = False) -> bytes:
+    return encode_chan(CHAN_CREDIT | (TO_HOST if to_host else 0), chan, struct.pack("<I", count))
+
+
+def decode_chan(msg_type: int, body: bytes) -> tuple[int, int | bytes]:
+    """(chan, value) for OPEN/CREDIT, (chan, data) for DATA, (chan, b"") for CLOSE."""
+    kind = msg_type & ~TO_HOST
+    name = {CHAN_OPEN: "CHAN_OPEN", CHAN_DATA: "CHAN_DATA", CHAN_CLOSE: "CHAN_CLOSE"}.get(
+        kind, "CHAN_CREDIT"
+    )
+    r = _BodyReader(name, body)
+    chan = r.u32()
+    if kind == CHAN_DATA:
+        return chan, body[4:]
+    if kind == CHAN_CLOSE:
+        r.end()
+        return chan, b""
+    value = r.u32()
+    r.end()
+    return chan, value
+
+
+def encode_mount(chan: int, guest_path: str, *, read_only: bool) -> bytes:
+    """MOUNT (h→a): mount FUSE at guest_path; its requests travel on channel `chan` (5.8)."""
+    path = guest_path.encode("utf-8", "surrogateescape")
+    flags = MOUNT_READ_ONLY if read_only else 0
+    return encode_frame(MOUNT, struct.pack("<III", chan, flags, len(path)) + path)

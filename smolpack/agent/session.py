@@ -1,8 +1,9 @@
 """Host side of the agent protocol (run stage: launcher and build VM ↔ guest agent).
 
-Implements the host's part of formats/agent-protocol.md v1: the handshake (section 6), a RUN
-with stdio pumping until EXIT (sections 5.2–5.5), forwarding signals and window sizes
-(section 5.4), and PREPARE_SNAPSHOT (section 5.6). Stdlib only: the launcher imports it.
+Implements the host's part of formats/agent-protocol.md v2: the handshake with version choice
+(sections 5.1, 6), a RUN with stdio pumping until EXIT (sections 5.2–5.5), forwarding signals
+and window sizes (section 5.4), channels beside the run (section 5.7, `channels.ChannelHub`),
+and PREPARE_SNAPSHOT (section 5.6). Stdlib only: the launcher imports it.
 
 One `AgentSession` wraps one connected channel (a socket or a raw fd) and keeps the frame
 reader's state between calls, so a frame split across two calls is never lost.
@@ -17,9 +18,13 @@ import signal
 import socket
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from smolpack.agent import protocol as p
 from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, VmUnresponsive
+
+if TYPE_CHECKING:
+    from smolpack.agent.channels import ChannelHub
 
 HANDSHAKE_INTERVAL_S = 0.05  # HELLO resend period; restore-to-live is ~0.3 s under QEMU TCG
 # Liveness during a run: the agent answers a HELLO in any state, whatever the program does,
@@ -61,6 +66,7 @@ class AgentSession:
         os.set_blocking(self._wake_w, False)
         self.agent_version: str | None = None  # from the last HELLO_ACK
         self._signalled: str | None = None  # name of the last forwarded signal, for pings
+        self.protocol_version = p.PROTOCOL_VERSION  # agreed in the last handshake (5.1)
 
     def close(self) -> None:
         """Release the wake pipe; the channel itself belongs to the caller."""
@@ -149,9 +155,14 @@ class AgentSession:
     def handshake(
         self, timeout_s: float = 10.0, *, interval_s: float = HANDSHAKE_INTERVAL_S
     ) -> p.HelloAck:
-        """Send HELLO with a fresh nonce until the agent acks that nonce (section 6)."""
+        """Send HELLO with a fresh nonce until the agent acks that nonce (section 6).
+
+        Offers the newest version first; an agent that answers `unsupported protocol
+        version N` for the offered N gets the next older one (section 5.1).
+        """
         nonce = os.urandom(16)
-        hello = p.Hello(nonce=nonce).encode()
+        offer = p.PROTOCOL_VERSION
+        hello = p.Hello(nonce=nonce, protocol_version=offer).encode()
         deadline = time.monotonic() + timeout_s
         next_send = 0.0
         while True:
@@ -168,18 +179,26 @@ class AgentSession:
             while self._pending:
                 frame = self._pending.popleft()
                 if frame.type == p.ERROR:
-                    raise AgentError(f"guest agent: {p.decode_error(frame.body)}")
+                    message = p.decode_error(frame.body)
+                    if message.startswith("unsupported protocol version"):
+                        if message == f"unsupported protocol version {offer}" and offer > 1:
+                            offer -= 1
+                            hello = p.Hello(nonce=nonce, protocol_version=offer).encode()
+                            next_send = 0.0
+                        continue  # or an answer to an offer already withdrawn
+                    raise AgentError(f"guest agent: {message}")
                 if frame.type != p.HELLO_ACK:
                     continue  # late output of an earlier run, stale ACKs...
                 ack = p.HelloAck.decode(frame.body)
                 if ack.nonce != nonce:
                     continue
-                if ack.protocol_version != p.PROTOCOL_VERSION:
+                if ack.protocol_version != offer:
                     raise AgentError(
                         f"guest agent speaks protocol {ack.protocol_version},"
-                        f" this host speaks {p.PROTOCOL_VERSION}"
+                        f" this host offered {offer}"
                     )
                 self.agent_version = ack.agent_version
+                self.protocol_version = offer
                 self._pending.clear()
                 return ack
 
@@ -190,25 +209,44 @@ class AgentSession:
         stdin_fd: int | None,
         stdout_fd: int,
         stderr_fd: int,
+        channels: ChannelHub | None = None,
     ) -> int:
         """Run `request` in the guest, pumping stdio; return its exit code (128+N if signaled).
 
         stdin_fd None means empty stdin. Output is written unbuffered with os.write. If
         stdout_fd's reader goes away (EPIPE), further stdout is dropped and the guest
-        program gets SIGPIPE, as it would locally.
+        program gets SIGPIPE, as it would locally. `channels` (forwarded ports, ssh-agent)
+        are served beside the run and wound down when it ends.
         """
         self._pending.clear()
+        if channels is not None:
+            channels.attach(self._out)
+        try:
+            return self._run(request, stdin_fd, stdout_fd, stderr_fd, channels)
+        finally:
+            if channels is not None:
+                channels.finish()
+
+    def _run(
+        self,
+        request: p.RunRequest,
+        stdin_fd: int | None,
+        stdout_fd: int,
+        stderr_fd: int,
+        channels: ChannelHub | None,
+    ) -> int:
         self._out += request.encode()
         stdin_open = stdin_fd is not None
         if not stdin_open:
             self._out += p.encode_frame(p.STDIN)
         stdout_broken = False
-        live = _Liveness()
+        live = _Liveness(self.protocol_version)
         sel = selectors.PollSelector()
         sel.register(self._wake_r, selectors.EVENT_READ)
         sel.register(self._fd, selectors.EVENT_READ)
         if stdin_fd is not None:
             sel.register(stdin_fd, selectors.EVENT_READ)
+        chan_fds: dict[int, int] = {}  # fd -> events registered for channels
         try:
             while True:
                 self._take_control()
@@ -217,6 +255,8 @@ class AgentSession:
                     self._fd,
                     selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0),
                 )
+                if channels is not None:
+                    _sync_interest(sel, chan_fds, channels.interest(len(self._out) < _SEND_HIGH))
                 if stdin_fd is not None and stdin_open:
                     wanted = len(self._out) < _SEND_HIGH
                     registered = stdin_fd in sel.get_map()
@@ -243,11 +283,16 @@ class AgentSession:
                             self._flush()
                         if mask & selectors.EVENT_READ:
                             self._read_channel()
+                    elif channels is not None:
+                        channels.on_ready(key.fd, mask)
                 if self._pending:
                     live.heard(self._pending)
                 while self._pending:
                     frame = self._pending.popleft()
-                    if frame.type == p.STDOUT and frame.body and not stdout_broken:
+                    if frame.type & p.TO_HOST and p.CHAN_OPEN <= frame.type & ~p.TO_HOST <= 0x0A:
+                        if channels is not None:
+                            channels.on_frame(frame)
+                    elif frame.type == p.STDOUT and frame.body and not stdout_broken:
                         try:
                             _write_all(stdout_fd, frame.body)
                         except BrokenPipeError:
@@ -284,6 +329,7 @@ class AgentSession:
         cwd: str = "",
         stdout_fd: int,
         stderr_fd: int,
+        channels: ChannelHub | None = None,
     ) -> int:
         """Run one build step (empty stdin, no tty, no power off); return its exit code."""
         request = p.RunRequest(
@@ -293,7 +339,9 @@ class AgentSession:
             realtime_ns=time.time_ns(),
             entropy=os.urandom(64),
         )
-        return self.run(request, stdin_fd=None, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
+        return self.run(
+            request, stdin_fd=None, stdout_fd=stdout_fd, stderr_fd=stderr_fd, channels=channels
+        )
 
     def prepare_snapshot(self, timeout_s: float = 30.0) -> None:
         """Ask the agent to sync and go back to waiting for HELLO; return at READY.
@@ -317,6 +365,23 @@ class AgentSession:
                     raise AgentError(f"guest agent: {p.decode_error(frame.body)}")
 
 
+def _sync_interest(
+    sel: selectors.BaseSelector, current: dict[int, int], wanted: dict[int, int]
+) -> None:
+    """Make the selector watch exactly `wanted` among the channel fds (`current` tracks them)."""
+    for fd in [fd for fd in current if wanted.get(fd, 0) == 0]:
+        sel.unregister(fd)
+        del current[fd]
+    for fd, events in wanted.items():
+        if not events or current.get(fd) == events:
+            continue
+        if fd in current:
+            sel.modify(fd, events)
+        else:
+            sel.register(fd, events)
+        current[fd] = events
+
+
 def handshake(channel: socket.socket | int, timeout_s: float = 10.0) -> AgentSession:
     """Open a session on a connected channel and handshake; the caller closes the session."""
     session = AgentSession(channel)
@@ -331,7 +396,8 @@ def handshake(channel: socket.socket | int, timeout_s: float = 10.0) -> AgentSes
 class _Liveness:
     """When to ping the agent during a run, and when its silence means the VM is hung."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol_version: int) -> None:
+        self._version = protocol_version  # the handshake's: an older agent refuses others
         self._heard = time.monotonic()
         self._nonce: bytes | None = None  # of the unanswered ping
         self._deadline = 0.0  # for its answer
@@ -365,7 +431,7 @@ class _Liveness:
             self._ping_now = False
             self._nonce = os.urandom(16)
             self._deadline = now + wait
-            return p.Hello(nonce=self._nonce).encode()
+            return p.Hello(nonce=self._nonce, protocol_version=self._version).encode()
         return None
 
     def wait(self) -> float:

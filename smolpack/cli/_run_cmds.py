@@ -56,6 +56,34 @@ _OFFLINE_HELP = (
 @click.option("--debug", is_flag=True, help="Keep the console log and print timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output while building.")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
+@click.option(
+    "-p",
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="HOST:GUEST",
+    help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable; works without net).",
+)
+@click.option("--ssh-agent", is_flag=True, help="Give the program your ssh-agent.")
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="HOST:GUEST[:ro]",
+    help="Mount a host directory into the VM for this run (repeatable).",
+)
+@click.option(
+    "--cwd",
+    "cwd_mode",
+    type=click.Choice(["off", "ro", "rw"]),
+    help="Share the current directory at the same path; the program starts there.",
+)
+@click.option(
+    "--allow-unfiltered-egress",
+    is_flag=True,
+    help="Run a pack with egress allow lists under QEMU, which cannot filter them.",
+)
 def run_cmd(
     target: Path,
     args: tuple[str, ...],
@@ -64,6 +92,11 @@ def run_cmd(
     debug: bool,
     quiet: bool,
     offline: bool,
+    ports: tuple[str, ...],
+    ssh_agent: bool,
+    allow_unfiltered_egress: bool,
+    volumes: tuple[str, ...],
+    cwd_mode: str | None,
 ) -> None:
     """Run a Smolfile's machine (building what is missing) or a .smolmachine pack.
 
@@ -77,8 +110,23 @@ def run_cmd(
       smolpack run examples/hello -- --name world
       smolpack run app.smolmachine -- args...
       smolpack run --cold ./Smolfile
+      smolpack run -p 8080:80 ./Smolfile -- serve
     """
-    options = RunOptions(engine=engine, cold=cold, debug=debug, engine_flag=CLI_FLAG)
+    from smolpack.agent.channels import parse_port_forward
+    from smolpack.host_resources import parse_volume
+
+    options = RunOptions(
+        engine=engine,
+        cold=cold,
+        debug=debug,
+        engine_flag=CLI_FLAG,
+        flag_prefix="--",
+        ports=tuple(parse_port_forward(spec, "--port") for spec in ports),
+        ssh_agent=ssh_agent,
+        unfiltered_egress=allow_unfiltered_egress,
+        volumes=tuple(parse_volume(spec, "--volume") for spec in volumes),
+        cwd_mode=cwd_mode,
+    )
     if _is_payload(target):
         pack = target
     else:

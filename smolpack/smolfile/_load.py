@@ -36,13 +36,15 @@ MAX_MEMORY_MIB = 128 * 1024  # 128 GiB: beyond any host we pack for; catches GiB
 
 _TOP_KEYS = (
     "image", "entrypoint", "cmd", "env", "workdir", "cpus", "memory", "net", "init",
-    "volumes", "ports",
+    "volumes", "ports", "host_cwd",
 )  # fmt: skip
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "network": ("allow_hosts", "allow_cidrs"),
     "dev": ("init", "env", "workdir", "volumes", "ports"),
     "artifact": ("cpus", "memory", "entrypoint", "cmd", "oci_platform"),
     "pack": ("cpus", "memory", "entrypoint", "cmd", "oci_platform"),
+    "auth": ("ssh_agent",),
+    "secrets": (),  # any NAME: checked by parse_secret
 }
 # smolvm keys with no meaning in a pack: accepted (any value), one warning each.
 IGNORED_KEYS: dict[str, str] = {
@@ -55,12 +57,10 @@ IGNORED_KEYS: dict[str, str] = {
     "storage": "the pack's disk is sized from the image and build output",
     "overlay": "the pack's disk is sized from the image and build output",
     "user": "the tool runs as root; user switching is not supported yet",
-    "secrets": "packs carry no secret references",
     "health": "a pack runs one command, not a service",
     "restart": "a pack runs one command, not a service",
     "service": "a pack runs one command, not a service",
     "fork": "no VM forking in packs",
-    "auth": "no credential forwarding in packs",
 }
 _IGNORED_IN_SECTION: dict[KeyPath, str] = {}
 
@@ -249,8 +249,16 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
         )
     for section, table in (("dev", dev), ("network", network)):
         r.check_keys(table, (section,), _SECTION_KEYS[section])
-    for section in ("artifact", "pack"):
+    for section in ("artifact", "pack", "auth"):
         r.check_keys(r.table(doc, section), (section,), _SECTION_KEYS[section])
+    secrets = tuple(
+        r.parsed(("secrets", name), _values.parse_secret, name, value)
+        for name, value in r.table(doc, "secrets").items()
+    )
+    ssh_agent = r.boolean(r.table(doc, "auth"), ("auth", "ssh_agent"))
+    host_cwd = r.string(doc, ("host_cwd",))
+    if host_cwd is not None and host_cwd not in ("off", "ro", "rw"):
+        raise r.error(("host_cwd",), f'host_cwd must be "off", "ro" or "rw" (got \'{host_cwd}\')')
     artifact = r.table(doc, artifact_key)
 
     image = _image(r, doc)
@@ -344,6 +352,9 @@ def _build(r: _Reader, doc: dict[str, Any], source_path: Path) -> SmolConfig:
         volumes=volumes,
         ports=ports,
         network=policy,
+        secrets=secrets,
+        ssh_agent=bool(ssh_agent),
+        host_cwd=host_cwd or "off",
         artifact=overrides,
         warnings=r.warnings,
     )

@@ -71,6 +71,19 @@ class PortMapping:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Secret:
+    """One `[secrets]` entry: where the host finds the value at each run (never the value)."""
+
+    name: str  # the environment variable the program gets
+    from_env: str | None = None  # read from this host environment variable, or
+    from_file: str | None = None  # from this host file (absolute, or `~/...`: the runner's home)
+
+    def to_dict(self) -> dict[str, Any]:
+        source = {"from_env": self.from_env} if self.from_env else {"from_file": self.from_file}
+        return {"name": self.name, **source}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkPolicy:
     """The `[network]` egress allow lists; either one non-empty implies `net`."""
 
@@ -124,6 +137,9 @@ class SmolConfig:
     volumes: tuple[Volume, ...] = ()  # host directories shared into the guest
     ports: tuple[PortMapping, ...] = ()  # host -> guest TCP forwards, at most 64
     network: NetworkPolicy = NetworkPolicy()  # egress allow lists
+    secrets: tuple[Secret, ...] = ()  # resolved on the host at each run, never at build time
+    ssh_agent: bool = False  # [auth] ssh_agent: the program reaches the host's ssh-agent
+    host_cwd: str = "off"  # "off" | "ro" | "rw": the user's current directory in the guest
     artifact: ArtifactOverrides = ArtifactOverrides()  # overrides for the packed result
     oci_platform: str | None = None  # platform to pull a registry image for (from [artifact])
     warnings: tuple[str, ...] = ()  # full warning lines, for the CLI to print
@@ -160,6 +176,9 @@ class SmolConfig:
             "volumes": [v.to_dict() for v in self.volumes],
             "ports": [p.to_dict() for p in self.ports],
             "network": self.network.to_dict(),
+            "secrets": [s.to_dict() for s in self.secrets],
+            "ssh_agent": self.ssh_agent,
+            "host_cwd": self.host_cwd,
             "artifact": self.artifact.to_dict(),
             **({"oci_platform": self.oci_platform} if self.oci_platform else {}),
             "warnings": list(self.warnings),

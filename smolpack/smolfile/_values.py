@@ -21,6 +21,7 @@ from smolpack.smolfile._model import (
     KIND_ROOTFS_DIR,
     ImageRef,
     PortMapping,
+    Secret,
     Volume,
 )
 
@@ -247,3 +248,27 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def parse_secret(name: str, value: object) -> Secret:
+    """A `[secrets]` entry: `NAME = { from_env = "VAR" }` or `{ from_file = "/abs/path" }`."""
+    if not _ENV_NAME.fullmatch(name):
+        raise ValueProblem(f"secret name '{name}' must match [A-Za-z_][A-Za-z0-9_]*", name)
+    if not isinstance(value, dict) or len(value) != 1 or not {"from_env", "from_file"} & set(value):
+        raise ValueProblem(
+            f'secret {name} must be {{ from_env = "VAR" }} or {{ from_file = "/path" }}', name
+        )
+    ((key, source),) = value.items()
+    if not isinstance(source, str) or not source:
+        raise ValueProblem(f"secrets.{name}.{key} must be a non-empty string", name)
+    if key == "from_env":
+        if not _ENV_NAME.fullmatch(source):
+            raise ValueProblem(f"secrets.{name}.from_env '{source}' is not a variable name", name)
+        return Secret(name=name, from_env=source)
+    if not (source.startswith("/") or source == "~" or source.startswith("~/")):
+        # Relative to what? The file is read on the machine that runs the tool, at each run.
+        raise ValueProblem(
+            f"secrets.{name}.from_file must be an absolute path or start with ~/ (got '{source}')",
+            name,
+        )
+    return Secret(name=name, from_file=source)

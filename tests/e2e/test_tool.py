@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -367,5 +368,34 @@ def test_the_launcher_bundles_the_run_path_only(tools: dict[str, Path]) -> None:
     assert not [name for name in archive.toc if ".dist-info" in name]
     modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
     assert {"smolpack.runner", "smolpack.engine.qemu", "smolpack.engine.krun"} <= modules
+    assert {"smolpack.agent.channels", "smolpack.host_resources"} <= modules
     build_side = ("click", "lief", "smolpack.build", "smolpack.cli", "smolpack.image")
     assert not [m for m in modules if m.split(".")[0] in build_side or m.startswith(build_side)]
+
+
+def test_smol_port_and_ssh_agent_through_the_launcher(
+    tools: dict[str, Path], user_dir: dict[str, str]
+) -> None:
+    # Without a host agent to forward: one line, before any VM starts.
+    env = {k: v for k, v in user_dir.items() if k != "SSH_AUTH_SOCK"}
+    res = run_tool(tools["sh"], "--smol-ssh-agent", "true", env=env)
+    assert (res.returncode, res.stderr) == (
+        120,
+        b"Error: --smol-ssh-agent: SSH_AUTH_SOCK is not set, so there is no ssh-agent to forward\n",
+    )
+    # A forward to a guest port nobody listens on: the client gets a clean EOF.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with subprocess.Popen(
+        [str(tools["sh"]), f"--smol-port={port}:9", "echo up; cat >/dev/null; echo done"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=user_dir,
+    ) as proc:  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == b"up\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+            c.sendall(b"x")
+            assert c.recv(10) == b""
+        proc.stdin.close()
+        assert proc.stdout.read() == b"done\n"
+        assert proc.wait(timeout=60) == 0
