@@ -29,7 +29,8 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.cache import cached_section, section_file
 from smolpack.engine import Vm
 from smolpack.engine.console import explain_agent_failure
-from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
+from smolpack.engine.overlay import fresh_overlay
+from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk
 from smolpack.engine.qemu_state import parse_state, run_ram
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, HostError, Interrupted
@@ -171,7 +172,7 @@ def _start_qemu(
     disk = RootDisk(
         path=disk_path, offset=disk_offset, size=disk_size, overlay=run_dir / "overlay.qcow2"
     )
-    create_overlay(disk.overlay, disk)
+    fresh_overlay(disk)
     qemu, accel = str(plan.qemu), plan.accel or "tcg"
     if plan.state is None:
         clock.mark("prepare")
