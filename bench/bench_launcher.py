@@ -14,7 +14,10 @@ It also runs the stub as a onefile *child* over a runtime unpacked beforehand (P
 start would cost with a bootloader that kept its unpacked files across runs (keyed by
 digest) and exec'd once, instead of unpacking, forking and cleaning up every time.
 
-    python bench/bench_launcher.py [--rounds 9] [--tool PATH]
+`--versus OTHER` adds another tool or stub (say, one built before a change) to the same
+alternation, for an A/B in one run.
+
+    python bench/bench_launcher.py [--rounds 9] [--tool PATH] [--versus OTHER]
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--tool", type=Path)
+    parser.add_argument("--versus", type=Path, help="another tool or stub to compare with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-launcher-") as tmp:
         work = Path(tmp)
@@ -101,6 +105,11 @@ def main() -> None:
             "python3 -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"],
             "python3 -I -S + launcher imports": [sys.executable, "-I", "-S", "-c", imports],
         }
+        if args.versus:
+            cmds[f"{args.versus.name} --smol-version"] = [
+                str(args.versus.resolve()),
+                "--smol-version",
+            ]
         envs = {name: env for name in cmds}
         reused = "./tool --smol-version, runtime reused"
         cmds[reused] = cmds["./tool --smol-version"]
