@@ -9,7 +9,15 @@ process, so the tracing costs little), and sets them against `python3 -I -S -c p
 bare interpreter) and `python3 -I -S -c 'import smolpack.launcher'` (interpreter + our
 imports, from .pyc files). Medians of --rounds, alternating.
 
-    python bench/bench_launcher.py [--rounds 9] [--tool PATH]
+It also runs the stub as a onefile *child* over a runtime unpacked beforehand (PyInstaller's
+`_PYI_APPLICATION_HOME_DIR`, in a dir named like the bootloader's own `_MEI...`): what a
+start would cost with a bootloader that kept its unpacked files across runs (keyed by
+digest) and exec'd once, instead of unpacking, forking and cleaning up every time.
+
+`--versus OTHER` adds another tool or stub (say, one built before a change) to the same
+alternation, for an A/B in one run.
+
+    python bench/bench_launcher.py [--rounds 9] [--tool PATH] [--versus OTHER]
 """
 
 from __future__ import annotations
@@ -50,6 +58,27 @@ def phases(tool: Path, env: dict[str, str], log: Path) -> dict[str, float]:
     }
 
 
+def unpack_runtime(tool: Path, work: Path) -> dict[str, str]:
+    """The env that makes `tool` run as the child over a runtime unpacked here, once."""
+    from PyInstaller.archive.readers import CArchiveReader  # type: ignore[import-untyped]
+
+    home = work / "_MEI00000000reused"  # the bootloader checks the name's shape (18 chars)
+    home.mkdir(mode=0o700)
+    reader = CArchiveReader(str(tool))
+    for name, (_pos, _clen, _ulen, _comp, typecode) in reader.toc.items():
+        if typecode in "bxd":  # what the onefile parent unpacks
+            dest = home / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(reader.extract(name))
+            dest.chmod(0o755)
+    return {
+        "_PYI_APPLICATION_HOME_DIR": str(home),
+        "_PYI_PARENT_PROCESS_LEVEL": "0",  # we are the child of a onefile parent
+        "_PYI_ARCHIVE_FILE": str(tool),
+        "LD_LIBRARY_PATH": str(home),  # as the parent sets it for its child
+    }
+
+
 def make_tool(work: Path, env: dict[str, str]) -> Path:
     src = work / "src"
     subprocess.run([ROOT / "examples/make-busybox-rootfs.sh", src / "rootfs"], check=True)
@@ -64,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--tool", type=Path)
+    parser.add_argument("--versus", type=Path, help="another tool or stub to compare with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-launcher-") as tmp:
         work = Path(tmp)
@@ -75,20 +105,29 @@ def main() -> None:
             "python3 -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"],
             "python3 -I -S + launcher imports": [sys.executable, "-I", "-S", "-c", imports],
         }
+        if args.versus:
+            cmds[f"{args.versus.name} --smol-version"] = [
+                str(args.versus.resolve()),
+                "--smol-version",
+            ]
+        envs = {name: env for name in cmds}
+        reused = "./tool --smol-version, runtime reused"
+        cmds[reused] = cmds["./tool --smol-version"]
+        envs[reused] = {**env, **unpack_runtime(tool, work)}
         walls: dict[str, list[float]] = {k: [] for k in cmds}
         split: dict[str, list[float]] = {}
-        for cmd in cmds.values():
-            timed(cmd, env)
+        for name, cmd in cmds.items():
+            timed(cmd, envs[name])
         for _ in range(args.rounds):
             for name, cmd in cmds.items():
-                walls[name].append(timed(cmd, env))
+                walls[name].append(timed(cmd, envs[name]))
             for k, v in phases(tool, env, work / "strace.log").items():
                 split.setdefault(k, []).append(v)
     med = {k: statistics.median(v) for k, v in walls.items()}
     floor = med["python3 -I -S -c pass"]
     print(f"{args.rounds} rounds, medians, alternating (ms)")
     for name, ms in med.items():
-        print(f"  {name:<34} {ms:7.1f}  {ms / floor:5.2f}x bare python")
+        print(f"  {name:<38} {ms:7.1f}  {ms / floor:5.2f}x bare python")
     print("  ./tool --smol-version under strace, by phase:")
     for k, v in split.items():
         print(f"    {k:<8} {statistics.median(v):7.1f}")

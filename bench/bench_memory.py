@@ -5,7 +5,8 @@ Builds four packs from one busybox rootfs, all with 512 MiB of guest RAM: a smal
 a tmpfs), each in the lazy layout (RAM a section of its own, mapped copy-on-write) and the
 eager one (RAM inside QEMU's migration stream). Then runs `smolpack run --debug PACK --
 true` --rounds times per pack, big and small alternating, and prints the medians of the
-restore (spawn + load + handshake, from the `smolpack: stages` line), of the program's
+load stage (QEMU's -incoming until the guest runs) and of the whole restore (spawn + load
++ handshake, from the `smolpack: stages` line), of the program's
 run (where lazily mapped pages fault in) and of the whole run, and the ratios big/small.
 
     python bench/bench_memory.py [--rounds 5]
@@ -63,7 +64,8 @@ def run(pack: Path, env: dict[str, str]) -> dict[str, float]:
             subprocess.run(["rm", "-rf", x.split(" in ", 1)[1]], check=False)
     s = parse_line(next(x for x in lines if x.startswith(PREFIX)))
     return {
-        "restore": s["spawn"] + s.get("load", 0.0) + s["handshake"],
+        "load": s["load"],
+        "restore": s["spawn"] + s["load"] + s["handshake"],
         "program": s["program"],
         "wall": wall,
     }
@@ -101,7 +103,7 @@ def main() -> None:
     print(f"{rounds} rounds, medians, big/small alternating; smolpack run --debug PACK -- true")
     for layout in ("lazy", "eager"):
         med = {kind: _medians(results[kind, layout]) for kind in ("big", "small")}
-        for k in ("restore", "program", "wall"):
+        for k in ("load", "restore", "program", "wall"):
             b, s = med["big"][k], med["small"][k]
             print(f"{layout:<6} {k:<8} big {b:7.1f} ms  small {s:7.1f} ms  big/small {b / s:.2f}")
         alloc = {kind: sizes[kind, layout] / 2**20 for kind in ("big", "small")}

@@ -197,8 +197,8 @@ def _stub_dir() -> Path | None:
     default=True,
     show_default=True,
     help="Store the disk and the saved VM zstd-compressed (a pack several times smaller;"
-    " each machine decodes them once into its cache on the first run), or raw (read in"
-    " place: no first-run decoding, a bigger file to ship).",
+    " each machine decodes them once into its cache on its first run), or raw (read in"
+    " place, no copy of the disk in the cache; a bigger file to ship).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)

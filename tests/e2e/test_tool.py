@@ -175,9 +175,13 @@ def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
     tool = tmp_path / "flipped"
     shutil.copy2(tools["sh"], tool)
     section = STATE[engine]
-    with open_payload(tool) as payload:  # the stored bytes, whatever their codec
-        state_at = payload.origin + payload.sections[section].offset
-        disk_at = payload.origin + payload.sections["disk"].offset
+    with open_payload(tool) as payload:  # a stored byte, whatever the section's codec
+
+        def middle(name: str) -> int:
+            entry = payload.sections[name]
+            return payload.origin + entry.offset + entry.stored_size // 2
+
+        state_at, disk_at = middle(section), middle("disk")
 
     def flip(at: int) -> None:
         with open(tool, "r+b") as f:
@@ -186,7 +190,7 @@ def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
             f.seek(at)
             f.write(bytes([byte[0] ^ 0x01]))
 
-    flip(state_at + 4096)
+    flip(state_at)
     verify = smolpack("verify", str(tool))
     assert verify.returncode == 114
     assert f"section '{section}' digest mismatch".encode() in verify.stderr
@@ -197,7 +201,7 @@ def test_flipped_byte_is_named_by_verify_and_refused_by_the_tool(
         f"smolpack: not restoring {engine}-x86_64 ({tool}: section '{section}' ".encode()
     )
     assert res.stderr.count(b"\n") == 1
-    flip(disk_at + 4096)  # the disk is what a cold boot runs: refused
+    flip(disk_at)  # the disk is what a cold boot runs: refused
     res = run_tool(tool, "true", env=user_dir)
     assert res.returncode == 114
     assert res.stderr.startswith(f"Error: {tool}: section 'disk' ".encode())
