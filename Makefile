@@ -58,7 +58,7 @@ guest:
 # launcher stub is built here first (PyInstaller under emulation takes minutes).
 kvm-test: .deps-installed
 	$(SMOLPACK) stub build -q -o out/stubs/linux-x86_64/smolstub
-	SMOLPACK_STUB_DIR=$(CURDIR)/out/stubs $(PYTHON) -m pytest -q -p no:cacheprovider \
+	SMOLPACK_STUB_DIR=$(CURDIR)/out/stubs $(PYTHON) -m pytest -q -s -p no:cacheprovider \
 		tests/kvm_lane/lane_checks.py
 
 # Run any command in such an L1: make l1 CMD='python3 -m smolpack doctor'
