@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMOLPACK_MODULES = {
     "smolpack",
     "smolpack.agent",
+    "smolpack.agent.channels",
     "smolpack.agent.protocol",
     "smolpack.agent.session",
     "smolpack.atomic_file",
@@ -40,6 +41,8 @@ SMOLPACK_MODULES = {
     "smolpack.engine.select",
     "smolpack.errors",
     "smolpack.host",
+    "smolpack.host_resources",
+    "smolpack.hostdir",
     "smolpack.integrity",
     "smolpack.launcher",
     "smolpack.machine",
