@@ -67,7 +67,22 @@ def main() -> None:
         )
         pack = work / "bench.smolmachine"
         smolpack = [sys.executable, "-m", "smolpack"]
+        t_create = time.perf_counter()
         subprocess.run([*smolpack, "create", "-q", "-o", pack, work], check=True, env=env)
+        t_create = time.perf_counter() - t_create
+        from smolpack.engine.krun_state import MemoryMap
+        from smolpack.payload import open_payload
+
+        with open_payload(pack) as p:
+            data = p.sections["krun-x86_64/memory.data"]
+            mmap = MemoryMap.decode(
+                p.read_section("krun-x86_64/memory.map"), data_size=data.raw_size, label="bench"
+            )
+        print(
+            f"create (both states) {t_create:.1f} s; pack {pack.stat().st_size / 2**20:.1f} MiB;"
+            f" krun memory image {mmap.size / 2**20:.0f} MiB of which stored"
+            f" {data.stored_size / 2**20:.1f} MiB in {len(mmap.extents)} extents"
+        )
         kinds = {
             "krun restore": ["--engine=krun"],
             "krun cold boot": ["--engine=krun", "--cold"],
