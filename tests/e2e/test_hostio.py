@@ -374,7 +374,7 @@ def test_a_read_only_volume_refuses_writes(
 
 
 def test_256_mib_copies_byte_exact_in_bounded_memory(
-    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+    qemu_pack: Path, e2e_env: dict[str, str], tmp_path: Path
 ) -> None:
     import hashlib
 
@@ -390,7 +390,7 @@ def test_256_mib_copies_byte_exact_in_bounded_memory(
         "    print('maxrss', hwm.split()[1], file=sys.stderr)"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code, "run", "-v", f"{tmp_path}:/w", str(test_pack), "--",
+        [sys.executable, "-c", code, "run", "-v", f"{tmp_path}:/w", str(qemu_pack), "--",
          "dd if=/w/big of=/w/copy bs=1M 2>/dev/null"],
         capture_output=True, env=e2e_env, timeout=600,
     )  # fmt: skip
@@ -402,11 +402,11 @@ def test_256_mib_copies_byte_exact_in_bounded_memory(
 
 
 def test_two_runs_share_one_directory_at_once(
-    test_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+    qemu_pack: Path, e2e_env: dict[str, str], tmp_path: Path
 ) -> None:
     def one(i: int) -> subprocess.CompletedProcess[bytes]:
         script = f"echo {i} > /s/run-{i}; sleep 1; cat /s/run-{1 - i}"
-        return run_in(test_pack, e2e_env, "-v", f"{tmp_path}:/s", script=script)
+        return run_in(qemu_pack, e2e_env, "-v", f"{tmp_path}:/s", script=script)
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, [0, 1]))

@@ -36,7 +36,7 @@ OOM_PANIC = (
 # arrives. Under krun libkrun's init is PID 1 and runs the agent (from a memfd) as a child.
 KILL_AGENT = r"""
 for p in /proc/[0-9]*; do
-  case "$(readlink $p/exe)" in */agent*) pid=${p#/proc/};; esac
+  case "$(readlink $p/exe)" in *agent*) pid=${p#/proc/};; esac
 done
 while read range perms rest; do [ "$perms" = r-xp ] && break; done < /proc/$pid/maps
 start=$((0x${range%-*})); end=$((0x${range#*-}))
@@ -177,7 +177,7 @@ def test_guest_kernel_panic_is_one_error_line_121(start: Start, engine: str) -> 
         reason = b"the libkrun VM process exited with code "
     assert err.startswith(b"Error: the VM stopped unexpectedly (" + reason), err
     assert err.count(b"\n") == 1, err
-    assert took < 25
+    assert took < (25 if engine == "qemu" else 60)  # L2 under emulated SVM is slower
 
 
 def test_agent_crash_is_one_error_line_121(start: Start, engine: str) -> None:

@@ -33,6 +33,7 @@ mount -t tmpfs tmpfs $R/dev/shm
 mount -t tmpfs tmpfs $R/tmp
 mount -t tmpfs tmpfs $R/run
 while read -r n dir; do  # host directories L1 writes through to (l1.py --share)
+    mkdir -p "$R$dir"  # under /tmp it is not in the host tree L1 sees
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 "share$n" "$R$dir" \
         || fail "cannot mount the shared directory $dir"
 done < /shares

@@ -37,10 +37,11 @@ def in_l1(*command: str, cpu: str = "max", share: Path | None = None, timeout: f
     )  # fmt: skip
     assert proc.stdout is not None
     lines = []
-    for line in proc.stdout:
-        sys.stdout.buffer.write(line)
-        sys.stdout.flush()
-        lines.append(line.decode(errors="replace"))
+    with proc.stdout:
+        for line in proc.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            lines.append(line.decode(errors="replace"))
     return proc.wait(), "".join(lines)
 
 
@@ -48,7 +49,7 @@ def test_the_krun_e2e_tests_pass_in_l1() -> None:
     code, out = in_l1(
         "env", "SMOLPACK_TEST_ENGINES=krun",
         sys.executable, "-m", "pytest", "-q", "-m", "krun", "-p", "no:cacheprovider",
-        "tests/e2e",
+        "--durations=10", "tests/e2e",
     )  # fmt: skip
     assert code == 0, "the krun e2e tests failed in L1 (output above)"
     summary = [line for line in out.splitlines() if re.search(r"\d+ passed", line)]
