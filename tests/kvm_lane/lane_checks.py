@@ -75,7 +75,12 @@ def shared(tmp_path: Path) -> Path:
 
 def test_a_state_from_another_cpu_model_boots_cold_and_says_why(shared: Path) -> None:
     pack = shared / "cpu.smolmachine"
-    build = f"{sys.executable} bench/stress_restore.py --engine krun --rounds 1 --keep-pack {pack}"
+    smolfile = 'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
+    build = (
+        f"set -e; d=$(mktemp -d); examples/make-busybox-rootfs.sh $d/rootfs >/dev/null;"
+        f" printf '{smolfile}' > $d/Smolfile;"
+        f" {sys.executable} -m smolpack create -q --state=krun -o {pack} $d"
+    )
     code, _ = in_l1("sh", "-c", build, cpu="max", share=shared)
     assert code == 0 and pack.is_file()
     # EPYC has SVM (so L1 still has KVM) but far fewer features than `max`.
