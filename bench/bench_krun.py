@@ -4,11 +4,11 @@ build VM (TCG inside the emulated L1) does not boot in L1 (the guest kernel rebo
 
 Builds one pack with the krun state (`create --state=krun`), then alternates the runs,
 each `smolpack run --debug PACK -- echo ready`, and reads two times per run: the wall time
-to the first byte of output (Python start included) and, from the `--smol-debug` stages line, the time from
-opening the pack to the agent's answer (verify + plan + prepare + spawn + load +
-handshake: what restoring or booting costs, without Python's start). Prints medians and
-ratios. L1 is itself emulated (QEMU TCG), so the absolute times say nothing about real
-hardware; the ratios are what to read.
+to the first byte of output (Python start included) and, from the `--smol-debug` stages
+line, the time from opening the pack to the agent's answer (verify + plan + prepare +
+spawn + load + handshake: what restoring or booting costs, without Python's start). Prints
+medians and ratios. L1 is itself emulated (QEMU TCG), so the absolute times say nothing
+about real hardware; the ratios are what to read.
 
     python bench/bench_krun.py [--rounds 5]
 """

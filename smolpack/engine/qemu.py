@@ -362,9 +362,7 @@ class QemuVm:
                 status = self.qmp.execute("query-status").get("status")
             except OSError as exc:  # QEMU exited: a stream it refused (lazy: after the start)
                 self.stop_reason(wait_s=2.0)  # reap it, so its last stderr line is complete
-                raise EngineError(
-                    f"QEMU failed to start: {self.failure_detail() or exc}"
-                ) from exc
+                raise EngineError(f"QEMU failed to start: {self.failure_detail() or exc}") from exc
             if status == "running":
                 return
             if status == "paused":
