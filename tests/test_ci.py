@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,9 +16,12 @@ def test_ci_runs_lint_then_test() -> None:
 
 
 def test_make_lint_runs_ruff_check_format_and_mypy_strict() -> None:
+    # CI runs this under `make test`: a sub-make would print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = subprocess.run(
-        ["make", "-n", "-o", ".deps-installed", "lint"],
+        ["make", "--no-print-directory", "-n", "-o", ".deps-installed", "lint"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
