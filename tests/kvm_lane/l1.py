@@ -15,7 +15,13 @@ loads kvm_amd and gets a working /dev/kvm (shared/reference/nested-kvm). This sc
    environment, and hands its stdout, stderr and exit status back over virtio-serial
    ports, so `l1.py -- CMD` behaves like `CMD`.
 
-Usage: tests/kvm_lane/l1.py [--cpu max] [--mem MiB] [--smp N] [--timeout S] -- CMD [ARG...]
+`--lean-python` hides the site directories' .pth start-up hooks inside L1 (the overlay
+only; the host keeps them) and puts the project on PYTHONPATH instead: under TCG each
+hook's imports cost seconds at every Python start (measured: `python3 -c pass` 3-8 s with
+them, 1.1 s without).
+
+Usage: tests/kvm_lane/l1.py [--cpu max] [--mem MiB] [--smp N] [--timeout S] [--lean-python]
+       -- CMD [ARG...]
 Exit: the command's code; 2 usage; 3 the lane could not be set up (one line says why).
 """
 
@@ -26,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,12 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         "--share", action="append", default=[], metavar="DIR",
         help="a host directory L1 writes through to (same path; repeatable)",
     )  # fmt: skip
+    ap.add_argument("--lean-python", action="store_true", help="no .pth hooks at Python starts")
     ap.add_argument("command", nargs="+")
     args = ap.parse_args(argv)
+    # SIGTERM (CI's or pytest's timeout) unwinds through run_in_l1's `finally`: L1's QEMU
+    # goes down with us rather than running on, orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         return run_in_l1(
             args.command, cpu=args.cpu, mem=args.mem, smp=args.smp,
             timeout=args.timeout, console=args.console, shares=args.share,
+            lean_python=args.lean_python,
         )  # fmt: skip
     except LaneError as err:
         print(f"l1: error: {err}", file=sys.stderr)
@@ -184,18 +196,28 @@ def newc_archive(root: Path) -> bytes:
     return b"".join(parts)
 
 
-def command_script(command: list[str], cwd: str, env: dict[str, str]) -> str:
+def command_script(
+    command: list[str], cwd: str, env: dict[str, str], lean_python: bool = False
+) -> str:
     """What L1 runs inside the host tree: the caller's environment, directory and argv."""
     lines = ["#!/bin/sh", "export PYTHONUNBUFFERED=1  # output as it happens, not at exit"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())
               if k not in SKIP_ENV and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]  # fmt: skip
+    if lean_python:
+        py, repo = shlex.quote(sys.executable), shlex.quote(str(HERE.parents[1]))
+        lines += [
+            f"for d in $({py} -S -c 'import site; print(*site.getsitepackages())'); do",
+            '  for f in "$d"/*.pth; do [ -e "$f" ] && mv "$f" "$f.l1-hidden"; done',
+            "done",
+            f'export PYTHONPATH={repo}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+        ]
     lines += [f"cd {shlex.quote(cwd)} || exit 126", "exec " + shlex.join(command)]
     return "\n".join(lines) + "\n"
 
 
 def run_in_l1(
     command: list[str], *, cpu: str, mem: int, smp: int, timeout: float,
-    console: bool = False, shares: list[str] | None = None,
+    console: bool = False, shares: list[str] | None = None, lean_python: bool = False,
 ) -> int:  # fmt: skip
     check_host()
     dirs = [Path(d).resolve() for d in shares or []]
@@ -205,7 +227,7 @@ def run_in_l1(
     vmlinuz, modules, busybox = prepare()
     work = Path(tempfile.mkdtemp(prefix="smolpack-l1-"))
     try:
-        script = command_script(command, os.getcwd(), dict(os.environ))
+        script = command_script(command, os.getcwd(), dict(os.environ), lean_python)
         mounts = "".join(f"{i} {d}\n" for i, d in enumerate(dirs))
         initrd = build_initrd(work, modules, busybox, script, mounts)
         return _boot(
@@ -257,14 +279,14 @@ def _boot(work: Path, vmlinuz: Path, initrd: Path, *, cpu: str, mem: int, smp: i
         tail = threading.Thread(target=_tail, args=(log, proc), daemon=True) if console else None
         if tail:
             tail.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise LaneError(
-                f"L1 did not finish within {timeout:g} s; console tail:\n{_tail_text(log)}"
-            ) from None
+        while proc.poll() is None:
+            hung = _hung(log)
+            if hung or time.monotonic() - started > timeout:
+                proc.kill()
+                proc.wait()
+                why = f"L1 hung ({hung})" if hung else f"L1 did not finish within {timeout:g} s"
+                raise LaneError(f"{why}; console tail:\n{_tail_text(log)}")
+            time.sleep(2)
         for t in pumps:
             t.join(timeout=5)
         text = status.decode(errors="replace")
@@ -283,6 +305,22 @@ def _boot(work: Path, vmlinuz: Path, initrd: Path, *, cpu: str, mem: int, smp: i
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+HUNG_S = 120  # a CPU stuck this long never came back in our runs (MTTCG under host load)
+
+
+def _hung(log: Path) -> str | None:
+    """The L1 kernel's own word that it hangs: a soft lockup of HUNG_S or more."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    stuck = re.findall(r"soft lockup - (CPU#\d+) stuck for (\d+)s!", text)
+    worst = max(stuck, key=lambda m: int(m[1]), default=None)
+    return f"{worst[0]} stuck for {worst[1]} s" if worst and int(worst[1]) >= HUNG_S else None
 
 
 def _connect(path: Path, proc: subprocess.Popen[bytes]) -> socket.socket:
