@@ -71,7 +71,8 @@ STATE_CHOICES = ("auto", "krun", "qemu")
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
 # 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).
-BUILD_RECIPE = "3"
+# 4: RAM pages equal to disk blocks are stored as references to them (memory-refs).
+BUILD_RECIPE = "4"
 
 
 def build_payload(
@@ -83,6 +84,7 @@ def build_payload(
     states: str = "auto",
     lazy_memory: bool = True,
     compress: bool = True,
+    disk_refs: bool = True,
     offline: bool = False,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
@@ -99,6 +101,9 @@ def build_payload(
     `compress`: store the disk and the QEMU state zstd-compressed, for transport; a run
     decodes each once into its cache by digest (`cache.section_file`). False stores them
     raw: the disk and the stream are read in place, no first-run decoding.
+    `disk_refs`: the QEMU state's RAM pages that are copies of disk blocks (the page cache)
+    are stored as references to them (`memory-refs`, formats/disk-refs.md); False stores
+    the whole RAM, as packs before it did.
     """
     if states not in STATE_CHOICES:
         raise ValueError(f"states must be one of {STATE_CHOICES}")
@@ -174,7 +179,8 @@ def build_payload(
             krun = _krun_build(config, machine, base, work, progress, own_disk=states != "krun")
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
-        qemu: tuple[Path, Path | None] | None = None  # the QEMU state: stream, RAM file
+        # The QEMU state: stream, RAM file, its disk references.
+        qemu: tuple[Path, Path | None, bytes | None] | None = None
         if states == "krun":
             disk = work / "krun-disk.raw"  # the krun state's disk is the pack's
             base.unlink()
@@ -182,7 +188,11 @@ def build_payload(
             stream, ram, disk = _boot_build_and_save(
                 config, machine, qemu_machine, base, work, progress, lazy_memory=lazy_memory
             )
-            qemu = (stream, ram)
+            refs = None
+            if ram is not None and disk_refs:
+                with progress.step("Finding RAM pages that are disk blocks"):
+                    refs = _split_ram(ram, disk, work)
+            qemu = (stream, ram, refs)
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
@@ -194,7 +204,8 @@ def build_payload(
                     engine="qemu",
                     host_arch=GUEST_ARCH,
                     host_os="linux",
-                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None),
+                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None,
+                                            refs=qemu[2] is not None),
                     # A run's QEMU must match these to restore (engine/qemu_compat.py).
                     recorded=qemu_facts(find_qemu("x86_64")),  # GUEST_ARCH
                 )] if qemu else [])),
@@ -210,11 +221,13 @@ def build_payload(
                 # The state's stream, then (lazy layout) its RAM file, which a run maps from
                 # its cache in both cases (QEMU 7.2 cannot map a range of the pack).
                 if qemu is not None:
-                    stream, ram = qemu
-                    parts = [stream, *([ram] if ram else [])]
-                    for name, path in zip(state_sections(QEMU_STATE, lazy=ram is not None),
-                                          parts, strict=True):  # fmt: skip
+                    stream, ram, refs = qemu
+                    names = state_sections(QEMU_STATE, lazy=ram is not None,
+                                           refs=refs is not None)  # fmt: skip
+                    for name, path in zip(names, [stream, *([ram] if ram else [])], strict=False):
                         writer.add_file(name, SectionKind.STATE, path, codec=cold)
+                    if refs is not None:  # small: a few bytes per run of pages
+                        writer.add_bytes(names[2], SectionKind.STATE, refs, codec=Codec.ZSTD)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
@@ -278,6 +291,16 @@ def _boot_build_and_save(
         overlay.unlink()
         base.unlink()
     return state, ram.path if ram else None, disk
+
+
+def _split_ram(ram: Path, disk: Path, work: Path) -> bytes:
+    """Replace `ram` by itself less its pages that are blocks of `disk`; their references."""
+    from smolpack.engine.disk_refs import split_image
+
+    residual = work / "memory.residual"
+    refs = split_image(ram, disk, residual)
+    residual.replace(ram)
+    return refs.encode()
 
 
 def krun_buildable() -> tuple[bool, str]:
