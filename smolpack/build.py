@@ -176,7 +176,9 @@ def build_payload(
         if states == "qemu":
             progress.note("krun state skipped: --state=qemu")
         elif krun_ok:  # first: the QEMU build consumes the base image
-            krun = _krun_build(config, machine, base, work, progress, own_disk=states != "krun")
+            own_disk = states != "krun"
+            krun = _krun_build(config, machine, base, work, progress, own_disk=own_disk,
+                               disk_refs=disk_refs)  # fmt: skip
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
         # The QEMU state: stream, RAM file, its disk references.
@@ -319,7 +321,7 @@ def krun_buildable() -> tuple[bool, str]:
 
 def _krun_build(
     config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress,
-    *, own_disk: bool,
+    *, own_disk: bool, disk_refs: bool,
 ) -> tuple[StateRef, list[Any]]:  # fmt: skip
     """Boot the build VM under libkrun, run the init steps, SAVE, flatten its disk.
 
@@ -367,8 +369,8 @@ def _krun_build(
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
     spec.overlay.unlink(missing_ok=True)
-    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk)
-    return ref, state_sections(ref, state_dir, disk if own_disk else None)
+    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk, refs=disk_refs)
+    return ref, state_sections(ref, state_dir, disk if own_disk else None, memory_disk=disk)
 
 
 def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
