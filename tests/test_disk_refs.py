@@ -45,7 +45,9 @@ def test_pages_equal_to_disk_blocks_round_trip_byte_exact_and_are_stored_smaller
     refs = split_image(image, disk, residual)
     assert refs.pages == 100
     assert refs.runs[0] == (100, 200, 40)  # consecutive pages of consecutive blocks: one run
-    assert refs.image_sha256 == hashlib.sha256(ram).digest()
+    copied = b"".join(ram[p * PAGE : (p + 1) * PAGE] for first, _b, n in refs.runs
+                      for p in range(first, first + n))  # fmt: skip
+    assert refs.pages_sha256 == hashlib.sha256(copied).digest()
     assert residual.stat().st_size == len(ram)
     assert allocated(residual) < allocated(image) // 2  # only the 20 own pages' blocks stay
     blob = refs.encode()
@@ -77,17 +79,17 @@ def test_the_disk_may_sit_inside_a_bigger_file(tmp_path: Path) -> None:
     assert (tmp_path / "residual").read_bytes() == ram
 
 
-def test_a_damaged_reference_is_refused_by_the_image_digest(tmp_path: Path) -> None:
+def test_a_damaged_reference_is_refused_by_the_pages_digest(tmp_path: Path) -> None:
     image, disk, _ram = make_inputs(tmp_path)
     refs = split_image(image, disk, tmp_path / "residual")
     page, block, count = refs.runs[0]
-    damaged = DiskRefs(refs.image_size, refs.image_sha256,
+    damaged = DiskRefs(refs.image_size, refs.pages_sha256,
                        ((page, block + 1, count), *refs.runs[1:]))  # fmt: skip
     fd = os.open(tmp_path / "residual", os.O_RDWR)
     dfd = os.open(disk, os.O_RDONLY)
     try:
-        with pytest.raises(EngineError, match=r"^ram: the memory image rebuilt from its disk "
-                           r"references does not match its digest \(expected "):  # fmt: skip
+        wrong = r"^ram: the disk blocks its references name do not match their digest \(expected "
+        with pytest.raises(EngineError, match=wrong):
             apply_refs(fd, damaged, dfd, 0, "ram")
     finally:
         os.close(fd)

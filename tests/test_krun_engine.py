@@ -590,7 +590,7 @@ def test_cached_memory_fills_pages_that_are_disk_blocks(
         refs = DiskRefs.decode((state / "memory.refs").read_bytes(), image_size=len(ram),
                                disk_size=disk.stat().st_size, label="t")  # fmt: skip
         (page, block, count), *rest = refs.runs
-        bad = DiskRefs(refs.image_size, refs.image_sha256, ((page, block + 1, count), *rest))
+        bad = DiskRefs(refs.image_size, refs.pages_sha256, ((page, block + 1, count), *rest))
         (state / "memory.refs").write_bytes(bad.encode())
     assert (state / "memory.data").stat().st_size == 20 * 4096  # only the guest's own pages
     with PayloadWriter(tmp_path / "p.smolmachine") as w:
@@ -603,7 +603,7 @@ def test_cached_memory_fills_pages_that_are_disk_blocks(
         mmap = MemoryMap.decode(payload.read_section(layout.memory_map), data_size=data_size,
                                 label="t")  # fmt: skip
         if damaged:
-            with pytest.raises(EngineError, match="does not match its digest"):
+            with pytest.raises(EngineError, match="do not match their digest"):
                 _cached_memory(payload, layout, mmap)
             return
         got = _cached_memory(payload, layout, mmap)

@@ -198,12 +198,12 @@ def test_run_ram_refuses_a_damaged_reference_and_caches_nothing(
     image, disk, _ram = make_inputs(tmp_path)
     refs = split_image(image, disk, tmp_path / "residual")
     (page, block, count), *rest = refs.runs
-    bad = DiskRefs(refs.image_size, refs.image_sha256, ((page, block + 3, count), *rest))
+    bad = DiskRefs(refs.image_size, refs.pages_sha256, ((page, block + 3, count), *rest))
     pack = tmp_path / "p.smolmachine"
     write_refs_pack(pack, tmp_path / "residual", disk, bad.encode(), Codec.NONE)
     with open_payload(pack) as payload:
         parsed = parse_state(payload.manifest().states[0])
-        damaged = r"^section qemu-x86_64/memory: the memory image rebuilt from its disk "
-        with pytest.raises(EngineError, match=damaged + "references does not match its digest"):
+        damaged = r"^section qemu-x86_64/memory: the disk blocks its references name do not "
+        with pytest.raises(EngineError, match=damaged + "match their digest"):
             run_ram(payload, parsed, 4, run_disk(payload, tmp_path))
     assert not any((tmp_path / "cache" / "qemu-memory").iterdir())  # nothing half-made kept

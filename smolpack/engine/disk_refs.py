@@ -4,7 +4,8 @@ A saved guest's page cache holds the file blocks its init steps read or wrote, a
 4 KiB-block ext4 each such page is a block-aligned copy of a block of the pack's disk. The
 create stage (`split_image`) zeroes those pages in the memory image and lists them as runs
 (page, disk block, count); the run stage (`apply_refs`) copies the blocks back into the
-image it materializes into the cache anyway, then checks the rebuilt image's SHA-256.
+image it materializes into the cache anyway, checking the copied bytes' SHA-256 (the rest
+of the image is its section, digest-checked as every section is).
 The pack then carries those bytes once, on the disk, instead of twice.
 
 Stdlib only: the launcher stub imports this module.
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolpack.errors import EngineError
-from smolpack.payload._sparse import CHUNK, copy_range, data_extents, pread_exact, write_nonzero
+from smolpack.payload._sparse import CHUNK, data_extents, pread_exact, write_nonzero
 
 PAGE = 4096
 MAGIC = b"SMOLDREF"
 VERSION = (1, 0)
-_HEADER = struct.Struct("<8sHHIQQ32s")  # magic, major, minor, page size, image size, runs, sha
+_HEADER = struct.Struct("<8sHHIQQ32s")  # magic, major, minor, page size, image size, runs,
+# and the SHA-256 of the referenced pages' bytes in run order
 _RUN = struct.Struct("<QQQ")  # first page of the image, first disk block, page count
 HEADER_SIZE = _HEADER.size  # 64
 _ZERO_PAGE = bytes(PAGE)
@@ -36,7 +38,7 @@ class DiskRefs:
     """Which pages of a memory image are which disk blocks (runs sorted by page)."""
 
     image_size: int  # bytes of the whole image
-    image_sha256: bytes  # of the whole image once the referenced pages are filled in
+    pages_sha256: bytes  # of the referenced pages' bytes, in run order (= page order)
     runs: tuple[tuple[int, int, int], ...]  # (page, block, count)
 
     @property
@@ -45,7 +47,7 @@ class DiskRefs:
 
     def encode(self) -> bytes:
         header = _HEADER.pack(MAGIC, *VERSION, PAGE, self.image_size, len(self.runs),
-                              self.image_sha256)  # fmt: skip
+                              self.pages_sha256)  # fmt: skip
         return header + b"".join(_RUN.pack(*run) for run in self.runs)
 
     @classmethod
@@ -76,7 +78,7 @@ class DiskRefs:
                     f" the disk has {disk_size // PAGE}"
                 )
             end = first + n
-        return cls(image_size=size, image_sha256=sha, runs=runs)
+        return cls(image_size=size, pages_sha256=sha, runs=runs)
 
 
 def _blocks(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
@@ -112,12 +114,12 @@ def split_image(image: Path, disk: Path, residual: Path) -> DiskRefs:
         try:
             size = os.fstat(ifd).st_size
             hasher = hashlib.sha256()
-            copy_range(ifd, 0, size, None, 0, hasher)  # holes hashed as zeros, not read
             pairs: list[tuple[int, int]] = []
             for page, data in _blocks(ifd, size):
                 block = index.get(hash(data))
                 if block is not None and pread_exact(dfd, PAGE, block * PAGE) == data:
                     pairs.append((page, block))
+                    hasher.update(data)
                 else:
                     write_nonzero(out, data, page * PAGE)
             os.ftruncate(out, size)
@@ -126,7 +128,7 @@ def split_image(image: Path, disk: Path, residual: Path) -> DiskRefs:
             os.close(ifd)
     finally:
         os.close(dfd)
-    return DiskRefs(image_size=size, image_sha256=hasher.digest(), runs=_runs(pairs))
+    return DiskRefs(image_size=size, pages_sha256=hasher.digest(), runs=_runs(pairs))
 
 
 def _runs(pairs: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
@@ -143,23 +145,23 @@ def _runs(pairs: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
 
 
 def apply_refs(image_fd: int, refs: DiskRefs, disk_fd: int, disk_offset: int, label: str) -> None:
-    """Copy the referenced disk blocks into the image, then check the whole image's digest.
+    """Copy the referenced disk blocks into the image, checking the bytes copied.
 
     `refs` is already decoded against both sizes; the disk is read at `disk_offset` (a raw
-    disk section is read in place, inside the pack).
+    disk section is read in place, inside the pack). The caller publishes the image only if
+    this returns: a wrong block (a damaged reference, another disk) is an EngineError.
     """
+    hasher = hashlib.sha256()
     for page, block, count in refs.runs:
         done = 0
         while done < count:
             n = min(count - done, CHUNK // PAGE)
             data = pread_exact(disk_fd, n * PAGE, disk_offset + (block + done) * PAGE)
+            hasher.update(data)
             os.pwrite(image_fd, data, (page + done) * PAGE)
             done += n
-    hasher = hashlib.sha256()
-    copy_range(image_fd, 0, refs.image_size, None, 0, hasher)
-    if hasher.digest() != refs.image_sha256:
+    if hasher.digest() != refs.pages_sha256:
         raise EngineError(
-            f"{label}: the memory image rebuilt from its disk references does not match its"
-            f" digest (expected {refs.image_sha256.hex()[:12]}…,"
-            f" found {hasher.hexdigest()[:12]}…)"
+            f"{label}: the disk blocks its references name do not match their digest"
+            f" (expected {refs.pages_sha256.hex()[:12]}…, found {hasher.hexdigest()[:12]}…)"
         )

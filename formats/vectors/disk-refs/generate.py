@@ -37,13 +37,14 @@ def header(*, major: int = 1, minor: int = 0, page_size: int = PAGE, size: int, 
 
 
 def blob(runs: list[tuple[int, int, int]], **kw: int) -> bytes:
-    head = header(size=16 * PAGE, runs=len(runs), sha=IMAGE_SHA, **kw)
+    head = header(size=16 * PAGE, runs=len(runs), sha=PAGES_SHA, **kw)
     return head + b"".join(struct.pack("<QQQ", *run) for run in runs)
 
 
 IMAGE = b"".join(DISK[COPIES[i]] if i in COPIES else OWN.get(i, bytes(PAGE)) for i in range(16))
 STORED = b"".join(OWN.get(i, bytes(PAGE)) for i in range(16))
-IMAGE_SHA = hashlib.sha256(IMAGE).digest()
+# the referenced pages' bytes in run order: blocks 0, 1, 2, 2 (block 5's copy), 7, 6
+PAGES_SHA = hashlib.sha256(b"".join(DISK[b] for b in (0, 1, 2, 2, 7, 6))).digest()
 
 # name -> (blob, operation, expected message after "<name>: "). decode checks the shape
 # against a 16-page image and the 8-block disk; apply also fills and checks the digest.
@@ -53,7 +54,7 @@ INVALID = {
     "major-2.bin": (blob(RUNS, major=2, minor=1), "decode",
                     "disk-refs format 2.1 is not supported (this smolpack reads 1.x)"),
     "page-16k.bin": (blob(RUNS, page_size=16384), "decode", "page size 16384, expected 4096"),
-    "size.bin": (header(size=32 * PAGE, runs=0, sha=IMAGE_SHA), "decode",
+    "size.bin": (header(size=32 * PAGE, runs=0, sha=PAGES_SHA), "decode",
                  "refers to a 131072-byte image, the image has 65536"),
     "truncated.bin": (blob(RUNS)[:-8], "decode", "4 runs do not fit its 152 bytes"),
     "empty-run.bin": (blob([(2, 0, 0)]), "decode",
@@ -65,8 +66,8 @@ INVALID = {
     "past-disk.bin": (blob([(2, 7, 2)]), "decode",
                       "run 0 refers to disk blocks 7..8, the disk has 8"),
     "wrong-block.bin": (blob([(2, 0, 3), (7, 4, 1), (12, 7, 1), (13, 6, 1)]), "apply",
-                        "the memory image rebuilt from its disk references does not match"
-                        f" its digest (expected {IMAGE_SHA.hex()[:12]}…, found "),
+                        "the disk blocks its references name do not match their digest"
+                        f" (expected {PAGES_SHA.hex()[:12]}…, found "),
 }  # fmt: skip
 
 
