@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, cwd=cwd)
     took = time.perf_counter() - start
     if res.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} exited {res.returncode}: {res.stderr[-300:]!r}")

@@ -71,7 +71,8 @@ STATE_CHOICES = ("auto", "krun", "qemu")
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
 # 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).
-BUILD_RECIPE = "3"
+# 4: RAM pages equal to disk blocks are stored as references to them (memory-refs).
+BUILD_RECIPE = "4"
 
 
 def build_payload(
@@ -83,6 +84,7 @@ def build_payload(
     states: str = "auto",
     lazy_memory: bool = True,
     compress: bool = True,
+    disk_refs: bool = True,
     offline: bool = False,
 ) -> Path:
     """Build the pack described by `config` (already `packed()`) into `out`.
@@ -99,6 +101,9 @@ def build_payload(
     `compress`: store the disk and the QEMU state zstd-compressed, for transport; a run
     decodes each once into its cache by digest (`cache.section_file`). False stores them
     raw: the disk and the stream are read in place, no first-run decoding.
+    `disk_refs`: the QEMU state's RAM pages that are copies of disk blocks (the page cache)
+    are stored as references to them (`memory-refs`, formats/disk-refs.md); False stores
+    the whole RAM, as packs before it did.
     """
     if states not in STATE_CHOICES:
         raise ValueError(f"states must be one of {STATE_CHOICES}")
@@ -171,10 +176,13 @@ def build_payload(
         if states == "qemu":
             progress.note("krun state skipped: --state=qemu")
         elif krun_ok:  # first: the QEMU build consumes the base image
-            krun = _krun_build(config, machine, base, work, progress, own_disk=states != "krun")
+            own_disk = states != "krun"
+            krun = _krun_build(config, machine, base, work, progress, own_disk=own_disk,
+                               disk_refs=disk_refs)  # fmt: skip
         else:
             progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
-        qemu: tuple[Path, Path | None] | None = None  # the QEMU state: stream, RAM file
+        # The QEMU state: stream, RAM file, its disk references.
+        qemu: tuple[Path, Path | None, bytes | None] | None = None
         if states == "krun":
             disk = work / "krun-disk.raw"  # the krun state's disk is the pack's
             base.unlink()
@@ -182,7 +190,11 @@ def build_payload(
             stream, ram, disk = _boot_build_and_save(
                 config, machine, qemu_machine, base, work, progress, lazy_memory=lazy_memory
             )
-            qemu = (stream, ram)
+            refs = None
+            if ram is not None and disk_refs:
+                with progress.step("Finding RAM pages that are disk blocks"):
+                    refs = _split_ram(ram, disk, work)
+            qemu = (stream, ram, refs)
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
@@ -194,7 +206,8 @@ def build_payload(
                     engine="qemu",
                     host_arch=GUEST_ARCH,
                     host_os="linux",
-                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None),
+                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None,
+                                            refs=qemu[2] is not None),
                     # A run's QEMU must match these to restore (engine/qemu_compat.py).
                     recorded=qemu_facts(find_qemu("x86_64")),  # GUEST_ARCH
                 )] if qemu else [])),
@@ -210,11 +223,13 @@ def build_payload(
                 # The state's stream, then (lazy layout) its RAM file, which a run maps from
                 # its cache in both cases (QEMU 7.2 cannot map a range of the pack).
                 if qemu is not None:
-                    stream, ram = qemu
-                    parts = [stream, *([ram] if ram else [])]
-                    for name, path in zip(state_sections(QEMU_STATE, lazy=ram is not None),
-                                          parts, strict=True):  # fmt: skip
+                    stream, ram, refs = qemu
+                    names = state_sections(QEMU_STATE, lazy=ram is not None,
+                                           refs=refs is not None)  # fmt: skip
+                    for name, path in zip(names, [stream, *([ram] if ram else [])], strict=False):
                         writer.add_file(name, SectionKind.STATE, path, codec=cold)
+                    if refs is not None:  # small: a few bytes per run of pages
+                        writer.add_bytes(names[2], SectionKind.STATE, refs, codec=Codec.ZSTD)
                 for source in krun[1] if krun else []:
                     writer.add_file(source.name, source.kind, source.path, codec=source.codec)
                 if host_libs is not None:
@@ -280,6 +295,16 @@ def _boot_build_and_save(
     return state, ram.path if ram else None, disk
 
 
+def _split_ram(ram: Path, disk: Path, work: Path) -> bytes:
+    """Replace `ram` by itself less its pages that are blocks of `disk`; their references."""
+    from smolpack.engine.disk_refs import split_image
+
+    residual = work / "memory.residual"
+    refs = split_image(ram, disk, residual)
+    residual.replace(ram)
+    return refs.encode()
+
+
 def krun_buildable() -> tuple[bool, str]:
     """Whether this host can boot the build VM under libkrun, and why (not)."""
     hv = hypervisor_status()
@@ -296,7 +321,7 @@ def krun_buildable() -> tuple[bool, str]:
 
 def _krun_build(
     config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress,
-    *, own_disk: bool,
+    *, own_disk: bool, disk_refs: bool,
 ) -> tuple[StateRef, list[Any]]:  # fmt: skip
     """Boot the build VM under libkrun, run the init steps, SAVE, flatten its disk.
 
@@ -344,8 +369,8 @@ def _krun_build(
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
     spec.overlay.unlink(missing_ok=True)
-    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk)
-    return ref, state_sections(ref, state_dir, disk if own_disk else None)
+    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk, refs=disk_refs)
+    return ref, state_sections(ref, state_dir, disk if own_disk else None, memory_disk=disk)
 
 
 def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:

@@ -294,7 +294,7 @@ def _start_qemu(
         clock.mark("spawn")  # the boot itself ends in the handshake
         return vm
     state = parse_state(plan.state)
-    ram = run_ram(payload, state, machine.memory_mib)  # None: RAM is in the stream (eager)
+    ram = run_ram(payload, state, machine.memory_mib, disk)  # None: RAM in the stream (eager)
     stream, offset, _size = section_file(payload, state.migration, "qemu-stream")
     clock.mark("prepare")
     # QEMU reads the migration stream from this fd, from the section's start: in place, a

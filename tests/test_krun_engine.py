@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from payload_helpers import REPO, write_fake_pack
 
+from smolpack.engine.disk_refs import DiskRefs
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_run import dns_resolvers, machine_spec
 from smolpack.engine.krun_state import (
@@ -73,34 +74,45 @@ def test_state_ref_for_each_host() -> None:
             "krun-x86_64/checkpoint.bin",
             "krun-x86_64/manifest.bin",
             "krun-x86_64/cpu.json",
+            "krun-x86_64/memory.refs",
             "krun-x86_64/disk",
         ),
     )
     mac = state_ref(host_arch="aarch64", host_os="macos", own_disk=False)
-    assert mac.name == "krun-aarch64" and mac.host_os == "macos" and len(mac.sections) == 5
+    assert mac.name == "krun-aarch64" and mac.host_os == "macos" and len(mac.sections) == 6
     assert StateSections.from_ref(mac).disk == "disk"
+    assert StateSections.from_ref(mac).memory_refs == "krun-aarch64/memory.refs"
     assert StateSections.from_ref(ref).disk == "krun-x86_64/disk"
+    old = state_ref(host_arch="x86_64", host_os="linux", own_disk=True, refs=False)
+    assert old.sections == ref.sections[:5] + ref.sections[6:]  # spec 2.0 states still read
+    assert StateSections.from_ref(old).memory_refs is None
 
 
 def test_state_files_become_sections(tmp_path: Path) -> None:
     ref = state_ref(host_arch="x86_64", host_os="linux", own_disk=True)
     disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"d" * 4096)
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "memory.bin").write_bytes(bytes(8192) + b"x" * 4096)
-    got = state_sections(ref, tmp_path / "state", disk)
+    (tmp_path / "state" / "memory.bin").write_bytes(bytes(8192) + b"x" * 4096 + b"d" * 4096)
+    got = state_sections(ref, tmp_path / "state", disk, memory_disk=disk)
     assert [(s.name, s.kind, s.path.name, s.codec) for s in got] == [
         ("krun-x86_64/memory.data", SectionKind.STATE, "memory.data", Codec.NONE),
         ("krun-x86_64/memory.map", SectionKind.STATE, "memory.map", Codec.ZSTD),
         ("krun-x86_64/checkpoint.bin", SectionKind.STATE, "checkpoint.bin", Codec.ZSTD),
         ("krun-x86_64/manifest.bin", SectionKind.STATE, "manifest.bin", Codec.ZSTD),
         ("krun-x86_64/cpu.json", SectionKind.STATE, "cpu.json", Codec.ZSTD),
+        ("krun-x86_64/memory.refs", SectionKind.STATE, "memory.refs", Codec.ZSTD),
         ("krun-x86_64/disk", SectionKind.DISK, "disk.raw", Codec.NONE),
     ]
     assert not (tmp_path / "state" / "memory.bin").exists()  # split, then removed
+    # the page equal to the disk's block is a reference, not data
     assert (tmp_path / "state" / "memory.data").read_bytes() == b"x" * 4096
+    refs = DiskRefs.decode((tmp_path / "state" / "memory.refs").read_bytes(),
+                           image_size=16384, disk_size=4096, label="t")  # fmt: skip
+    assert refs.runs == ((3, 0, 1),)
     (tmp_path / "memory.bin").write_bytes(bytes(4096))
     with pytest.raises(EngineError, match="disagree"):
-        state_sections(ref, tmp_path, None)
+        state_sections(ref, tmp_path, None, memory_disk=disk)
 
 
 def test_memory_keeps_only_nonzero_pages_and_unpacks_to_the_same_bytes(tmp_path: Path) -> None:
@@ -200,7 +212,7 @@ def test_memory_map_checks() -> None:
                 "krun-x86_64/cpu.json",
                 "krun-x86_64/disk2",
             ),
-            "last section must be krun-x86_64/disk",
+            "must name sections",
         ),
     ],
 )
@@ -552,3 +564,47 @@ def test_configure_keeps_what_it_hands_to_libkrun_alive(tmp_path: Path) -> None:
     assert [list(x) for x in arrays] == [
         [b"example.com", None], [b"1.1.1.1", None], [None], [None]
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_cached_memory_fills_pages_that_are_disk_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damaged: bool
+) -> None:
+    """Synthetic only: a real krun state is built and restored in the nested-KVM lane."""
+    from payload_helpers import sample_manifest
+    from test_disk_refs import make_inputs
+
+    from smolpack.engine.krun_run import _cached_memory
+    from smolpack.payload import PayloadWriter, open_payload
+
+    monkeypatch.setenv("SMOLPACK_CACHE_DIR", str(tmp_path / "cache"))
+    image, disk, ram = make_inputs(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "memory.bin").write_bytes(ram)
+    for name in ("checkpoint.bin", "manifest.bin", "cpu.json"):
+        (state / name).write_bytes(b"{}")
+    ref = state_ref(host_arch="x86_64", host_os="linux", own_disk=True)
+    sources = state_sections(ref, state, disk, memory_disk=disk)
+    if damaged:
+        refs = DiskRefs.decode((state / "memory.refs").read_bytes(), image_size=len(ram),
+                               disk_size=disk.stat().st_size, label="t")  # fmt: skip
+        (page, block, count), *rest = refs.runs
+        bad = DiskRefs(refs.image_size, refs.pages_sha256, ((page, block + 1, count), *rest))
+        (state / "memory.refs").write_bytes(bad.encode())
+    assert (state / "memory.data").stat().st_size == 20 * 4096  # only the guest's own pages
+    with PayloadWriter(tmp_path / "p.smolmachine") as w:
+        w.add_bytes("manifest", SectionKind.MANIFEST, sample_manifest().to_json())
+        for source in sources:
+            w.add_file(source.name, source.kind, source.path, codec=source.codec)
+    layout = StateSections.from_ref(ref)
+    with open_payload(tmp_path / "p.smolmachine") as payload:
+        data_size = payload.sections[layout.memory].raw_size
+        mmap = MemoryMap.decode(payload.read_section(layout.memory_map), data_size=data_size,
+                                label="t")  # fmt: skip
+        if damaged:
+            with pytest.raises(EngineError, match="do not match their digest"):
+                _cached_memory(payload, layout, mmap)
+            return
+        got = _cached_memory(payload, layout, mmap)
+    assert got.read_bytes() == ram

@@ -200,6 +200,12 @@ def _stub_dir() -> Path | None:
     " each machine decodes them once into its cache on its first run), or raw (read in"
     " place, no copy of the disk in the cache; a bigger file to ship).",
 )
+@click.option(
+    "--disk-refs/--no-disk-refs",
+    default=True,
+    hidden=True,  # for before/after measurements (bench/bench_pack_size.py)
+    help="Store saved RAM pages that are copies of disk blocks as references to them.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
 def create_cmd(
@@ -209,6 +215,7 @@ def create_cmd(
     target: str | None,
     states: str,
     compress: bool,
+    disk_refs: bool,
     quiet: bool,
     offline: bool,
 ) -> None:
@@ -240,8 +247,9 @@ def create_cmd(
         raise UsageError(f"cannot create {output.parent}: {err.strerror}") from None
     if fmt == "smolmachine":
         build_payload(
-            config, output, progress=progress, states=states, compress=compress, offline=offline
-        )
+            config, output, progress=progress, states=states, compress=compress,
+            disk_refs=disk_refs, offline=offline,
+        )  # fmt: skip
     else:
         from smolpack.embed import check_stub, embed_payload
         from smolpack.host import host_target
@@ -261,7 +269,7 @@ def create_cmd(
             host_libs = (target, libs) if libs is not None else None
             build_payload(
                 config, payload, progress=progress, host_libs=host_libs, states=states,
-                compress=compress, offline=offline,
+                compress=compress, disk_refs=disk_refs, offline=offline,
             )  # fmt: skip
             with progress.step(f"Embedding the pack into {output.name}"):
                 embed_payload(stub, payload, output, target=target)

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from smolpack.cache import cached_file, cached_section
+from smolpack.engine.disk_refs import DiskRefs, apply_refs
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_state import (
     FILES,
@@ -120,19 +121,37 @@ def _state_files(payload: Payload, layout: StateSections, run_dir: Path) -> tupl
 
 
 def _cached_memory(payload: Payload, layout: StateSections, mmap: MemoryMap) -> Path:
-    """The whole memory image as a sparse cache file (keyed by both sections' digests)."""
+    """The whole memory image as a sparse cache file (keyed by the digests it is made of).
+
+    With memory.refs, the pages it lists are copied in from the state's disk (cached anyway:
+    libkrun needs it as a file) and the whole image is checked against its digest.
+    """
     data = payload.sections[layout.memory].sha256
-    key = hashlib.sha256(payload.sections[layout.memory_map].sha256 + data).hexdigest()
+    key = hashlib.sha256(payload.sections[layout.memory_map].sha256 + data)
+    refs = disk = None
+    if layout.memory_refs is not None:
+        refs = DiskRefs.decode(payload.read_section(layout.memory_refs), image_size=mmap.size,
+                               disk_size=payload.sections[layout.disk].raw_size,
+                               label=f"section {layout.memory_refs}")  # fmt: skip
+        disk = cached_section(payload, layout.disk, "disk")
+        for name in (layout.memory_refs, layout.disk):
+            key.update(payload.sections[name].sha256)
 
     def produce(tmp: Path) -> None:
-        fd = os.open(tmp, os.O_WRONLY)
+        fd = os.open(tmp, os.O_RDWR)
         try:
             read = functools.partial(payload.pread_section, layout.memory)
             unpack_memory(mmap, read, fd, data, str(payload.path))
+            if refs is not None and disk is not None:
+                disk_fd = os.open(disk, os.O_RDONLY)
+                try:
+                    apply_refs(fd, refs, disk_fd, 0, f"section {layout.memory}")
+                finally:
+                    os.close(disk_fd)
         finally:
             os.close(fd)
 
-    return cached_file("krun-memory", key, produce).resolve()
+    return cached_file("krun-memory", key.hexdigest(), produce).resolve()
 
 
 def dns_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ the saved memory expects when that is not the pack's shared `disk`:
 | `krun-<arch>/checkpoint.bin`| checkpoint.bin        | state | zstd  | small, read once      |
 | `krun-<arch>/manifest.bin`  | manifest.bin          | state | zstd  | small, read once      |
 | `krun-<arch>/cpu.json`      | the saving host's CPU | state | zstd  | checked before restore |
+| `krun-<arch>/memory.refs` (opt.) | pages that are disk blocks | state | zstd | disk-refs.md |
 | `krun-<arch>/disk` (optional) | the flattened disk  | disk  | none  | same instant as memory |
 
 libkrun saves every memory region whole (on x86_64 also 512 MiB at 4 GiB that a small guest
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from smolpack.engine.disk_refs import split_image
 from smolpack.errors import EngineError
 from smolpack.host import CpuId
 from smolpack.payload.layout import Codec, SectionKind
@@ -38,6 +40,7 @@ ENGINE = "krun"
 FILES = ("memory.bin", "checkpoint.bin", "manifest.bin")  # what libkrun's SAVE writes
 SECTIONS = ("memory.data", "memory.map", "checkpoint.bin", "manifest.bin", "cpu.json")
 CPU_FILE = "cpu.json"  # written beside libkrun's files by the build: the saving host's CPU
+MEMORY_REFS = "memory.refs"  # memory.bin's pages that are blocks of the state's disk
 DISK = "disk"
 # memory.map: magic "SMOLMMAP", u32 version, u32 extent count, u64 memory size, then
 # (u64 offset, u64 length) per extent, ascending, page-aligned, not touching.
@@ -57,10 +60,11 @@ def state_name(host_arch: str) -> str:
     return f"{ENGINE}-{host_arch}"
 
 
-def state_ref(*, host_arch: str, host_os: str, own_disk: bool) -> StateRef:
+def state_ref(*, host_arch: str, host_os: str, own_disk: bool, refs: bool = True) -> StateRef:
     """The manifest entry for a krun state saved on a `host_os`/`host_arch` host."""
     name = state_name(host_arch)
-    names = [f"{name}/{f}" for f in SECTIONS] + ([f"{name}/{DISK}"] if own_disk else [])
+    names = [f"{name}/{f}" for f in SECTIONS] + [f"{name}/{MEMORY_REFS}"] * refs
+    names += [f"{name}/{DISK}"] if own_disk else []
     return StateRef(
         name=name, engine=ENGINE, host_arch=host_arch, host_os=host_os, sections=tuple(names)
     )
@@ -76,13 +80,27 @@ class SectionSource:
     codec: Codec  # NONE for what is mapped in place, ZSTD for small blobs
 
 
-def state_sections(ref: StateRef, state_dir: Path, disk: Path | None) -> list[SectionSource]:
+def state_sections(
+    ref: StateRef, state_dir: Path, disk: Path | None, memory_disk: Path | None = None
+) -> list[SectionSource]:
     """What to write for `ref`, from the SAVE directory (and the state's own disk).
 
-    memory.bin is split here into memory.data + memory.map (beside it) and then removed.
+    memory.bin is split here into memory.data + memory.map (beside it) and then removed;
+    with memory.refs, its pages that are blocks of `memory_disk` (the disk the memory
+    expects) are left out first and listed there (formats/disk-refs.md).
     """
     layout = StateSections.from_ref(ref)
     memory = state_dir / FILES[0]
+    refs: list[SectionSource] = []
+    if layout.memory_refs is not None:
+        if memory_disk is None:
+            raise ValueError("a krun state with memory.refs needs the disk its memory expects")
+        residual = state_dir / "memory.residual"
+        blob = split_image(memory, memory_disk, residual).encode()
+        residual.replace(memory)
+        (state_dir / MEMORY_REFS).write_bytes(blob)
+        refs.append(SectionSource(name=layout.memory_refs, kind=SectionKind.STATE,
+                                  path=state_dir / MEMORY_REFS, codec=Codec.ZSTD))  # fmt: skip
     pack_memory(memory, state_dir / "memory.data", state_dir / "memory.map")
     memory.unlink()
     out = [
@@ -96,6 +114,7 @@ def state_sections(ref: StateRef, state_dir: Path, disk: Path | None) -> list[Se
                       codec=Codec.ZSTD),
         SectionSource(name=layout.cpu, kind=SectionKind.STATE, path=state_dir / CPU_FILE,
                       codec=Codec.ZSTD),
+        *refs,
     ]  # fmt: skip
     if (layout.disk != "disk") != (disk is not None):
         raise EngineError(f"state {ref.name}: its disk section and the disk given disagree")
@@ -116,6 +135,7 @@ class StateSections:
     manifest: str  # memory layout (portable manifest)
     cpu: str  # the saving host's CPU vendor and flags (cpu.json)
     disk: str  # the disk the memory expects: "<state>/disk" or the pack's "disk"
+    memory_refs: str | None = None  # memory pages that are blocks of `disk`
 
     @classmethod
     def from_ref(cls, ref: StateRef) -> StateSections:
@@ -124,16 +144,16 @@ class StateSections:
         names = list(ref.sections)
         n = len(SECTIONS)
         expected = [f"{ref.name}/{f}" for f in SECTIONS]
-        if names[:n] != expected or len(names) not in (n, n + 1):
+        refs, disk = f"{ref.name}/{MEMORY_REFS}", f"{ref.name}/{DISK}"
+        tails: list[list[str]] = [[], [refs], [disk], [refs, disk]]
+        if names[:n] != expected or names[n:] not in tails:
             raise EngineError(
                 f"krun state {ref.name} must name sections {', '.join(expected)}"
-                f" [+ {ref.name}/{DISK}], not {', '.join(names) or 'none'}"
+                f" [+ {refs}] [+ {disk}], not {', '.join(names) or 'none'}"
             )
-        if len(names) == n + 1 and names[n] != f"{ref.name}/{DISK}":
-            raise EngineError(f"krun state {ref.name}: last section must be {ref.name}/{DISK}")
-        disk = names[n] if len(names) == n + 1 else "disk"
         return cls(memory=names[0], memory_map=names[1], checkpoint=names[2],
-                   manifest=names[3], cpu=names[4], disk=disk)  # fmt: skip
+                   manifest=names[3], cpu=names[4], disk=disk if disk in names else "disk",
+                   memory_refs=refs if refs in names else None)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

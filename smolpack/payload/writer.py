@@ -38,6 +38,12 @@ from smolpack.payload.layout import (
 # typical disk data here. Single-threaded, so the output does not depend on
 # the machine's core count.
 ZSTD_LEVEL = 3
+# Files (disk, RAM, kernel) get level 5 with long-distance matching over a 128 MiB window:
+# a Debian disk stores 9 % smaller than at level 3 (files repeat far apart on a disk),
+# for ~2x the compression time and the same decoding speed. 2**27 is the largest window
+# a decoder accepts without being told to (zstd's default limit), so any reader decodes it.
+ZSTD_FILE_LEVEL = 5
+ZSTD_WINDOW_LOG = 27
 
 
 class _HashingFdWriter:
@@ -181,7 +187,11 @@ class PayloadWriter:
         import zstandard
 
         sink = _HashingFdWriter(self._fd, offset)
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_FILE_LEVEL, source_size=raw_size, enable_ldm=True,
+            window_log=min(ZSTD_WINDOW_LOG, max(10, raw_size.bit_length())),
+        )  # fmt: skip
+        cctx = zstandard.ZstdCompressor(compression_params=params)
         # size= puts the content size in the frame header, as one-shot compress does.
         with cctx.stream_writer(sink, size=raw_size, closefd=False) as zw:  # type: ignore[arg-type]
             pos = 0

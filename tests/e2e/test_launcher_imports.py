@@ -33,6 +33,7 @@ SMOLPACK_MODULES = {
     "smolpack.engine",
     "smolpack.engine.console",
     "smolpack.engine.console_log",
+    "smolpack.engine.disk_refs",  # RAM pages rebuilt from the disk (first run of a pack)
     "smolpack.engine.qcow2",
     "smolpack.engine.qemu",
     "smolpack.engine.qemu_compat",

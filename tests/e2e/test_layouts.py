@@ -1,10 +1,12 @@
 """Every pack layout restores the same machine (formats/qemu-state.md, formats/smolmachine.md).
 
-One rootfs, packed once per layout: `lazy` (guest RAM a section of its own, mapped
-copy-on-write), `eager` (RAM inside QEMU's migration stream, as packs before issue 14
-were), both raw (read in place), and `lazy-zstd` (the default of `smolpack create`: disk
-and state compressed, decoded once into the cache). The init step leaves a file in a
-tmpfs, so its content lives in guest RAM only: reading it back proves the RAM came back.
+One rootfs, packed once per layout: `refs-zstd` (the default of `smolpack create`: guest
+RAM a section of its own, mapped copy-on-write, its page-cache pages stored as references
+to disk blocks; disk and state compressed, decoded once into the cache), `refs` (the same,
+raw: read in place), `lazy` (RAM without references, spec 1.1) and `eager` (RAM inside
+QEMU's migration stream, as packs before issue 14 were), both raw. The init step leaves a
+file in a tmpfs, so its content lives in guest RAM only: reading it back proves the RAM came
+back; the file it writes to the disk is in the page cache, i.e. a reference.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from e2e_helpers import make_busybox_rootfs, smolpack
 
 from smolpack.build import build_payload
+from smolpack.engine.disk_refs import PAGE, DiskRefs
 from smolpack.payload import open_payload
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
@@ -24,9 +27,10 @@ from smolpack.smolfile import load_smolfile
 pytestmark = pytest.mark.vm
 
 LAYOUTS = {
-    "lazy": {"lazy_memory": True, "compress": False},
+    "refs": {"lazy_memory": True, "compress": False},
+    "refs-zstd": {"lazy_memory": True, "compress": True},
+    "lazy": {"lazy_memory": True, "compress": False, "disk_refs": False},
     "eager": {"lazy_memory": False, "compress": False},
-    "lazy-zstd": {"lazy_memory": True, "compress": True},
 }
 INIT = "mkdir -p /ram && mount -t tmpfs tmpfs /ram && echo in-ram > /ram/x && echo warm > /root/w"
 
@@ -60,8 +64,10 @@ def test_layout_is_what_was_asked(layout_pack: tuple[str, Path]) -> None:
     name, pack = layout_pack
     with open_payload(pack) as payload:
         sections = payload.manifest().states[0].sections
-        codecs = {payload.sections[s].codec for s in ("disk", *sections)}
-    memory = () if name == "eager" else ("qemu-x86_64/memory",)
+        codecs = {payload.sections[s].codec for s in ("disk", *sections) if "refs" not in s}
+    memory = {"eager": (), "lazy": ("qemu-x86_64/memory",)}.get(
+        name, ("qemu-x86_64/memory", "qemu-x86_64/memory-refs")
+    )
     assert sections == ("qemu-x86_64/migration", *memory)
     assert codecs == ({Codec.ZSTD} if name.endswith("-zstd") else {Codec.NONE})
 
@@ -80,8 +86,25 @@ def test_ram_and_disk_come_back_and_writes_stay_in_their_run(
             return
         # lazy: the cached RAM file QEMU mapped is never written
         payload.copy_section_to(entry.name, tmp_path / "ram")
-    cached = Path(e2e_env["SMOLPACK_CACHE_DIR"]) / "qemu-memory" / entry.sha256.hex()
-    assert _sha(cached) == _sha(tmp_path / "ram")
+        refs_entry = payload.sections.get("qemu-x86_64/memory-refs")
+        if refs_entry is not None:
+            blob = payload.read_section(refs_entry.name)
+            disk_size = payload.sections["disk"].raw_size
+            refs = DiskRefs.decode(blob, image_size=entry.raw_size, disk_size=disk_size, label="r")
+            key = hashlib.sha256(b"disk-refs 1\0")
+            for name in (entry.name, refs_entry.name, "disk"):
+                key.update(payload.sections[name].sha256)
+            payload.copy_section_to("disk", tmp_path / "disk")
+    root = Path(e2e_env["SMOLPACK_CACHE_DIR"]) / "qemu-memory"
+    if refs_entry is None:
+        assert _sha(root / entry.sha256.hex()) == _sha(tmp_path / "ram")
+        return
+    assert refs.pages > 0  # the page cache was stored as references
+    # rebuilt from the disk once (here again, independently); never written since
+    disk, ram = (tmp_path / "disk").read_bytes(), bytearray((tmp_path / "ram").read_bytes())
+    for page, block, count in refs.runs:
+        ram[page * PAGE : (page + count) * PAGE] = disk[block * PAGE : (block + count) * PAGE]
+    assert _sha(root / key.hexdigest()) == hashlib.sha256(ram).digest()
 
 
 def _sha(path: Path) -> bytes:
