@@ -552,3 +552,20 @@ def test_configure_keeps_what_it_hands_to_libkrun_alive(tmp_path: Path) -> None:
     assert [list(x) for x in arrays] == [
         [b"example.com", None], [b"1.1.1.1", None], [None], [None]
     ]  # fmt: skip
+
+
+def test_stop_reason_reads_only_the_end_of_a_huge_vmm_log(tmp_path: Path) -> None:
+    import tracemalloc
+
+    vm = _vmm_that_exits(tmp_path, 1)
+    with open(vm.log, "wb") as f:
+        f.seek(256 << 20)  # 256 MiB (sparse): libkrun logging in a loop for a long run
+        f.write(b"\nvmm: the last word\n")
+    tracemalloc.start()
+    try:
+        reason = vm.stop_reason(10.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reason == "the libkrun VM process exited with code 1 (vmm: the last word)"
+    assert peak < 4 << 20  # was: the whole log in memory, twice (bytes, then str)

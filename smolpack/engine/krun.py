@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from smolpack.engine.console import panic_message
+from smolpack.engine.console_log import read_tail
 from smolpack.engine.qemu import AGENT_GUEST_PATH, AGENT_PORT_NAME
 from smolpack.errors import EngineError, HostError, SmolpackError
 from smolpack.host import KvmStatus, hypervisor_status
@@ -223,10 +224,8 @@ class KrunVm:
         else:
             code = os.waitstatus_to_exitcode(self.status)
             how = f"the libkrun VM process exited with code {code}"
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            lines = []
+        # Its tail only: libkrun's log grows with the VM's life (console_log.read_tail).
+        lines = read_tail(self.log).decode(errors="replace").strip().splitlines()
         return how + (f" ({lines[-1][:200]})" if lines else "")
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:
