@@ -2,11 +2,10 @@
 
 `plan_run` is the one decision both `smolpack run` and the launcher stub make before they
 touch a hypervisor; `--smol-info` prints its `reason`, and `smolpack doctor` asks the same
-planner about a guest of the host's architecture. Rules
-(issue "One file users just run", §3; design.md §3 "run"):
-
-Engines are found by name in `engine.registry`, each answering for itself (`engine.Engine`):
-whether it can run the guest here and why, which states it can restore, its settings.
+planner about a guest of the host's architecture. Engines are found by name in
+`engine.registry`, each answering for itself (`engine.Engine`): whether it can run the guest
+here and why, which states it can restore, its settings. Rules (issue "One file users just
+run", §3; design.md §3 "run"):
 
 - `auto`: krun whenever it can run here (hardware virtualization works, libkrun is
   available, the guest has the host's architecture), restoring its state for this host if
@@ -35,7 +34,6 @@ from smolpack.payload.manifest import StateRef
 if TYPE_CHECKING:
     from smolpack.engine import Engine
 
-ENGINE_CHOICES = registry.choices()  # as imported; `registry.choices()` sees later additions
 LAUNCHER_FLAG = "--smol-engine"  # a packed tool's option
 CLI_FLAG = "--engine"  # `smolpack run`'s option
 
