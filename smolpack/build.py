@@ -36,7 +36,7 @@ from smolpack.agent.binary import agent_binary
 from smolpack.agent.channels import ChannelHub
 from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
-from smolpack.engine import Vm
+from smolpack.engine import Vm, registry
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.qemu import (
     AGENT_GUEST_PATH,
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
 BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
 QEMU_STATE = f"qemu-{GUEST_ARCH}"
-STATE_CHOICES = ("auto", "krun", "qemu")
+STATE_CHOICES = registry.state_choices()
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
 # 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).

@@ -1,8 +1,9 @@
 """Host capability facts: architecture, OS, hardware virtualization, QEMU (run + create stages).
 
-Answers "which engine can run a guest here, and why": krun needs working hardware
-virtualization (KVM on Linux, Hypervisor.framework on macOS) plus libkrun; otherwise QEMU,
-with KVM acceleration when usable and TCG software emulation when not.
+The facts behind "which engine can run a guest here, and why" (the engines answer it,
+`engine.select`): krun needs working hardware virtualization (KVM on Linux,
+Hypervisor.framework on macOS) plus libkrun; otherwise QEMU, with KVM acceleration when
+usable and TCG software emulation when not.
 
 Why the KVM probe reads more than /dev/kvm: on our machines /dev/kvm exists but is served
 by `kvm_pvm` (page-table virtualization, no vmx/svm); a normal guest kernel dies there with
@@ -183,40 +184,3 @@ def qemu_version(binary: Path) -> str:
     if res.returncode != 0 or "version" not in words or words.index("version") + 1 >= len(words):
         raise HostError(f"{binary} --version printed no version (exit {res.returncode})")
     return words[words.index("version") + 1]
-
-
-def qemu_accel(hv: KvmStatus, guest_arch: Arch, arch: Arch | None = None) -> str:
-    """QEMU `-accel` value: the hypervisor when usable for this guest, else TCG emulation."""
-    if not hv.usable or guest_arch != (arch or host_arch()):
-        return "tcg"
-    return "hvf" if host_os() == "macos" else "kvm"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineChoice:
-    """Which engine would run a guest on this host."""
-
-    # "krun" or "qemu"; None when neither can run
-    engine: Literal["krun", "qemu"] | None
-    # QEMU -accel value ("kvm", "hvf", "tcg"); None for krun or no engine
-    accel: str | None
-    # one line saying why, e.g. "qemu (tcg): hardware virtualization unavailable: ..."
-    reason: str
-
-
-def choose_engine(
-    *, hv: KvmStatus, libkrun_found: bool, qemu_found: bool, guest_arch: Arch, arch: Arch
-) -> EngineChoice:
-    """Prefer krun (same-arch guest, hypervisor usable, libkrun present); else QEMU."""
-    if hv.usable and libkrun_found and guest_arch == arch:
-        return EngineChoice(engine="krun", accel=None, reason=f"krun: {hv.reason}")
-    if hv.usable and guest_arch != arch:
-        why = f"guest is {guest_arch}, host is {arch}"
-    elif hv.usable:
-        why = "libkrun not found"
-    else:
-        why = f"hardware virtualization unavailable: {hv.reason}"
-    if not qemu_found:
-        return EngineChoice(engine=None, accel=None, reason=f"no engine: {why}; QEMU not found")
-    accel = qemu_accel(hv, guest_arch, arch)
-    return EngineChoice(engine="qemu", accel=accel, reason=f"qemu ({accel}): {why}")

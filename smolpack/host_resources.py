@@ -11,11 +11,10 @@ starts, so a problem is one line and no VM was started for nothing:
 - the ssh-agent (`[auth] ssh_agent`, `--smol-ssh-agent`): the host's `SSH_AUTH_SOCK`,
   reached from the guest's `/run/smolpack/ssh-agent.sock` on the same channels;
 - host directories (`--smol-volume`, `host_cwd`/`--smol-cwd`): served by `hostdir.HostDir`
-  as FUSE on a channel (formats/agent-protocol.md 5.8), mounted for this run only;
-- egress allow lists: QEMU's user-mode network cannot filter, so a pack with allow lists is
-  refused under QEMU unless the user accepts unfiltered egress for that run.
+  as FUSE on a channel (formats/agent-protocol.md 5.8), mounted for this run only.
 
-Stdlib only: the launcher imports it.
+(Egress allow lists are the engine's business: `runner._check_egress`.)
+Stdlib only: the launcher imports it, for a run that has any of these.
 """
 
 from __future__ import annotations
@@ -37,16 +36,6 @@ from smolpack.hostdir import HostDir
 from smolpack.machine import MachineConfig
 
 MAX_SECRET_FILE = 256 * 1024  # a secret file bigger than this is a wrong path
-
-
-def check_egress(machine: MachineConfig, engine: str, accepted: bool, flag: str) -> None:
-    """Refuse a QEMU run of a pack with egress allow lists unless `flag` accepted them."""
-    if engine != "qemu" or accepted or not (machine.allow_hosts or machine.allow_cidrs):
-        return
-    raise HostError(
-        "this pack limits network egress to allow lists, which the QEMU engine cannot"
-        f" enforce; pass {flag} to run it with unfiltered egress"
-    )
 
 
 def resolve_secrets(

@@ -35,6 +35,9 @@ TYPE_CHECKING = False  # not typing's: see the docstring (mypy takes any TYPE_CH
 if TYPE_CHECKING:
     from typing import NoReturn
 
+    from smolpack.agent.channels import PortForward
+    from smolpack.host_resources import HostVolume
+
 PREFIX = "--smol-"
 FLAGS = ("help", "version", "info", "cold", "debug", "ssh-agent", "allow-unfiltered-egress")
 # Options with a value, as `--smol-NAME=V` or `--smol-NAME V`.
@@ -137,6 +140,7 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
     LaunchOptions, list[str]
 ]:  # fmt: skip
     """Split `argv` (without argv[0]) into launcher options and the tool's arguments."""
+    from smolpack.engine.registry import choices, spelled
     from smolpack.errors import UsageError
 
     values: dict[str, object] = {"engine": env.get(ENV_ENGINE) or "auto"}
@@ -166,14 +170,14 @@ def parse_args(argv: list[str], env: dict[str, str] | os._Environ[str]) -> tuple
         elif name == "engine" and eq:
             values["engine"] = value
         elif name == "engine":
-            raise UsageError("--smol-engine needs a value: --smol-engine=auto|krun|qemu")
+            raise UsageError(f"--smol-engine needs a value: --smol-engine={'|'.join(choices())}")
         else:
             raise UsageError(f"unknown launcher option {arg} (see --smol-help)")
-    if values["engine"] not in ("auto", "krun", "qemu"):
+    if values["engine"] not in choices():
         source = (
             "--smol-engine" if any(a.startswith(PREFIX + "engine") for a in argv) else ENV_ENGINE
         )
-        raise UsageError(f"{source} must be auto, krun or qemu (got {values['engine']!r})")
+        raise UsageError(f"{source} must be {spelled(choices())} (got {values['engine']!r})")
     if values.get("cwd") not in (None, "off", "ro", "rw"):
         raise UsageError(f"--smol-cwd must be off, ro or rw (got {values['cwd']!r})")
     values["port"] = tuple(ports)
@@ -213,18 +217,16 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
             print_info(path, opts.engine, opts.cold)
             sys.exit(0)
         bootloader = _follow_bootloader()  # here: --smol-version need not import ctypes
-        from smolpack.agent.channels import parse_port_forward
-        from smolpack.host_resources import parse_volume
         from smolpack.runner import RunOptions, run_payload
 
         options = RunOptions(
             engine=opts.engine,
             cold=opts.cold,
             debug=opts.debug,
-            ports=tuple(parse_port_forward(spec, "--smol-port") for spec in opts.port),
+            ports=_ports(opts.port),
             ssh_agent=opts.ssh_agent,
             unfiltered_egress=opts.allow_unfiltered_egress,
-            volumes=tuple(parse_volume(spec, "--smol-volume") for spec in opts.volume),
+            volumes=_volumes(opts.volume),
             cwd_mode=opts.cwd,
         )
         sys.exit(run_payload(path, tool_args, options))
@@ -242,6 +244,23 @@ def main(argv: list[str] | None = None, *, pack: str | None = None) -> NoReturn:
     finally:
         if bootloader is not None and os.getppid() != bootloader:
             _remove_own_unpacked_files()
+
+
+# Parsed by the modules that serve them, imported only when the run has any.
+def _ports(specs: tuple[str, ...]) -> tuple[PortForward, ...]:
+    if not specs:
+        return ()
+    from smolpack.agent.channels import parse_port_forward
+
+    return tuple(parse_port_forward(spec, "--smol-port") for spec in specs)
+
+
+def _volumes(specs: tuple[str, ...]) -> tuple[HostVolume, ...]:
+    if not specs:
+        return ()
+    from smolpack.host_resources import parse_volume
+
+    return tuple(parse_volume(spec, "--smol-volume") for spec in specs)
 
 
 def _follow_bootloader() -> int | None:

@@ -6,11 +6,11 @@ agent session, cache). Steps, top to bottom:
 
 1. open the payload (header + index checks only: cost independent of size);
 2. check that this host can run it and pick the engine and state (`engine.select`);
-3. materialize what must be a file (the kernel) into the content cache;
-4. restore the saved state (or cold boot when asked or when there is none);
-5. handshake with the agent, send RUN, pump stdio (and the run's forwarded ports and
-   ssh-agent, `host_resources`) until EXIT;
-6. stop the VM and remove the per-run directory, on every exit path.
+3. have that engine (`engine.registry`) restore the saved state, or cold boot when asked or
+   when there is none, materializing what must be a file into the content cache;
+4. handshake with the agent, send RUN, pump stdio (and the run's forwarded ports, ssh-agent
+   and host directories, `host_resources`, loaded only for a run that has any) until EXIT;
+5. stop the VM and remove the per-run directory, on every exit path.
 """
 
 from __future__ import annotations
@@ -26,29 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolpack.agent import protocol as p
-from smolpack.agent.channels import ChannelHub, PortForward
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.cache import cached_section, section_file
-from smolpack.engine import Vm
+from smolpack.engine import Vm, registry
 from smolpack.engine.console import console_tail, explain_agent_failure
-from smolpack.engine.qemu import QemuMachine, QemuVm, RootDisk, create_overlay
-from smolpack.engine.qemu_state import parse_state, run_ram
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
-from smolpack.host_resources import (
-    HostVolume,
-    attach,
-    check_egress,
-    merge_env,
-    resolve_secrets,
-)
 from smolpack.integrity import ensure_verified
 from smolpack.machine import MachineConfig, terminal_env
 from smolpack.payload import Payload, open_payload
-from smolpack.payload.layout import Codec
 from smolpack.run_files import private_run_dir
 from smolpack.stages import StageClock
+
+TYPE_CHECKING = False  # typing's costs an import; mypy takes any TYPE_CHECKING as true
+if TYPE_CHECKING:
+    from smolpack.agent.channels import ChannelHub, PortForward
+    from smolpack.host_resources import Attachments, HostVolume
 
 RESTORE_HANDSHAKE_S = 30.0  # a restored agent answers in ~10 ms; slack for loaded machines
 BOOT_HANDSHAKE_S = 120.0  # a cold boot under TCG takes ~3 s
@@ -101,24 +94,12 @@ def _run_payload(
             plan = planned(cold=True)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
-        check_egress(
-            machine,
-            plan.engine,
-            options.unfiltered_egress,
-            f"{options.flag_prefix}allow-unfiltered-egress",
-        )
+        _check_egress(machine, plan, options)
         # Read on this host now, before any VM exists: a missing one is one line.
-        secret_env = resolve_secrets(machine, os.environ)
+        secret_env = _secrets(machine)
         clock.mark("plan")
         with (
-            attach(
-                machine,
-                options.ports,
-                options.ssh_agent,
-                options.flag_prefix,
-                options.volumes,
-                options.cwd_mode,
-            ) as attached,
+            _attach(machine, options) as attached,
             private_run_dir(keep=options.debug) as run_dir,
         ):
             plan, vm, session = _start(plan, lambda: planned(cold=True), payload, machine,
@@ -126,9 +107,10 @@ def _run_payload(
             try:
                 try:
                     with session:
-                        hub = attached.hub(session.protocol_version)
-                        env = merge_env(machine.env, secret_env + attached.env())
-                        cwd = attached.cwd or machine.workdir
+                        hub = attached.hub(session.protocol_version) if attached else None
+                        extra_env = secret_env + (attached.env() if attached else [])
+                        env = _merge_env(machine.env, extra_env) if extra_env else machine.env
+                        cwd = (attached.cwd if attached else None) or machine.workdir
                         code = _run(session, machine, env, cwd, args, interrupts, hub)
                     clock.mark("program")
                 except AgentError as err:
@@ -147,6 +129,51 @@ def _run_payload(
         return code
     finally:
         payload.close()
+
+
+def _check_egress(machine: MachineConfig, plan: EnginePlan, options: RunOptions) -> None:
+    """Refuse a run of a pack with egress allow lists under an engine that cannot enforce
+    them, unless the user accepted unfiltered egress for this run."""
+    if options.unfiltered_egress or not (machine.allow_hosts or machine.allow_cidrs):
+        return
+    engine = registry.load(plan.engine)
+    if engine.filters_egress:
+        return
+    raise HostError(
+        f"this pack limits network egress to allow lists, which the {engine.title} engine"
+        f" cannot enforce; pass {options.flag_prefix}allow-unfiltered-egress to run it with"
+        " unfiltered egress"
+    )
+
+
+def _secrets(machine: MachineConfig) -> list[str]:
+    if not machine.secrets:
+        return []  # host_resources (and what it imports) only for a run that uses it
+    from smolpack.host_resources import resolve_secrets
+
+    return resolve_secrets(machine, os.environ)
+
+
+def _merge_env(base: tuple[str, ...], extra: list[str]) -> tuple[str, ...]:
+    from smolpack.host_resources import merge_env
+
+    return merge_env(base, extra)
+
+
+def _attach(machine: MachineConfig, options: RunOptions) -> contextlib.AbstractContextManager[
+    Attachments | None
+]:  # fmt: skip
+    """The run's ports, ssh-agent and host directories, bound now; None when it has none."""
+    wanted = (
+        options.ports or options.ssh_agent or options.volumes or machine.ports
+        or machine.ssh_agent or (options.cwd_mode or machine.host_cwd) != "off"
+    )  # fmt: skip
+    if not wanted:
+        return contextlib.nullcontext()
+    from smolpack.host_resources import attach
+
+    return attach(machine, options.ports, options.ssh_agent, options.flag_prefix,
+                  options.volumes, options.cwd_mode)  # fmt: skip
 
 
 def _start(
@@ -185,25 +212,16 @@ def _cold_note(plan: EnginePlan, why: str) -> None:
 
 def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
     """Why plan's state cannot restore here, known before trying (None: try it)."""
-    if plan.state is not None and plan.engine == "krun":
-        from smolpack.engine.krun_run import krun_restore_blocker
-
-        return krun_restore_blocker(plan.state, payload)
-    if plan.engine != "qemu" or plan.state is None or plan.qemu is None:
+    if plan.state is None:
         return None
-    from smolpack.engine.qemu_compat import restore_blocker
-
-    try:
-        return restore_blocker(plan.state, Path(plan.qemu))
-    except (HostError, OSError):
-        return None  # QEMU cannot say its version: let the restore try (and maybe fail)
+    return registry.load(plan.engine).restore_blocker(plan, payload)
 
 
 def _start_greeted(
     plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path,
     clock: StageClock, *, debug: bool,
 ) -> tuple[Vm, AgentSession]:  # fmt: skip
-    vm = _start_vm(plan, payload, machine, run_dir, clock)
+    vm = registry.load(plan.engine).start(plan, payload, machine, run_dir, clock)
     try:
         wait = RESTORE_HANDSHAKE_S if plan.restores else BOOT_HANDSHAKE_S
         try:
@@ -221,122 +239,37 @@ def _start_greeted(
 
 def host_facts(payload: Payload) -> HostFacts:
     """What this host offers for running `payload` (cheap: a few file reads)."""
+    return local_facts(payload.manifest().guest_arch, _libkrun_source(payload))
+
+
+def local_facts(guest_arch: str, libkrun: str | None) -> HostFacts:
+    """What this host offers for a `guest_arch` guest, libkrun coming from `libkrun`."""
     return HostFacts(
         arch=host_arch(),
         os=host_os(),
         hypervisor=hypervisor_status(),
-        libkrun=_libkrun_source(payload),
-        qemu=shutil.which(f"qemu-system-{payload.manifest().guest_arch}"),
+        libkrun=libkrun,
+        qemu=shutil.which(f"qemu-system-{guest_arch}"),
     )
 
 
-def _libkrun_source(payload: Payload) -> str | None:
-    """ "payload" when the pack carries this host's libkrun, else where it is installed."""
-    from smolpack.pack_libs import has_host_libs
+def installed_libkrun() -> str | None:
+    """Where this host's libkrun comes from ("smolmachines", "env"...), None: absent."""
     from smolpack.runtime_libs import find_runtime_libs
 
-    if has_host_libs(payload, host_target()):
-        return "payload"
     try:
         return find_runtime_libs().source
     except HostError:
         return None
 
 
-def _start_vm(
-    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
-) -> Vm:
-    if plan.engine == "krun":
-        vm = _start_krun(plan, payload, machine, run_dir)
-        clock.mark("spawn")  # libkrun prepares, forks and restores in one call
-        return vm
-    return _start_qemu(plan, payload, machine, run_dir, clock)
+def _libkrun_source(payload: Payload) -> str | None:
+    """ "payload" when the pack carries this host's libkrun, else where it is installed."""
+    from smolpack.pack_libs import has_host_libs
 
-
-def _start_krun(plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path) -> Vm:
-    # Imported here: a run that picks QEMU never loads the krun modules (or libkrun).
-    from smolpack.engine.krun_run import start_krun_vm
-    from smolpack.pack_libs import runtime_libs_for
-
-    # The pack's own libraries for this host when it carries them, else the installed ones.
-    libs = runtime_libs_for(payload, host_target())
-    return start_krun_vm(plan, payload, machine, run_dir, libs=libs)
-
-
-def _start_qemu(
-    plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path, clock: StageClock
-) -> QemuVm:
-    qemu_machine = QemuMachine(
-        guest_arch=payload.manifest().guest_arch,
-        cpus=machine.cpus,
-        memory_mib=machine.memory_mib,
-        kernel=cached_section(payload, "kernel", "kernel"),
-        cmdline=machine.kernel_cmdline,
-        net=machine.net,
-    )
-    # In place in the pack, or decoded once into the cache when stored compressed.
-    disk_path, disk_offset, disk_size = section_file(payload, "disk", "disk")
-    in_place = payload.sections["disk"].codec == Codec.NONE
-    # A fresh overlay per run: the shipped base disk is never written.
-    disk = RootDisk(
-        path=disk_path,
-        # In place: the very file ensure_verified hashed, not whatever the path is now.
-        fd=payload.fileno() if in_place else None,
-        offset=disk_offset,
-        size=disk_size,
-        overlay=run_dir / "overlay.qcow2",
-    )
-    create_overlay(disk.overlay, disk)  # written in Python (engine/qcow2.py): ~2 ms
-    qemu, accel = str(plan.qemu), plan.accel or "tcg"
-    if plan.state is None:
-        clock.mark("prepare")
-        vm = QemuVm(qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel)
-        clock.mark("spawn")  # the boot itself ends in the handshake
-        return vm
-    state = parse_state(plan.state)
-    ram = run_ram(payload, state, machine.memory_mib, disk)  # None: RAM in the stream (eager)
-    stream, offset, _size = section_file(payload, state.migration, "qemu-stream")
-    clock.mark("prepare")
-    # QEMU reads the migration stream from this fd, from the section's start: in place, a
-    # reopen of the verified file; decoded, the cache entry (digest-checked when made).
-    if payload.sections[state.migration].codec == Codec.NONE:
-        fd = _reopen_verified(payload)
-    else:
-        fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.lseek(fd, offset, os.SEEK_SET)
-        vm = QemuVm(
-            qemu_machine, disk, run_dir=run_dir, binary=qemu, accel=accel, incoming_fd=fd, ram=ram
-        )
-    finally:
-        os.close(fd)
-    clock.mark("spawn")
-    try:
-        vm.wait_incoming()
-        clock.mark("load")
-    except BaseException:
-        vm.close()
-        raise
-    return vm
-
-
-def _reopen_verified(payload: Payload) -> int:
-    """A new fd on the very file `payload` verified, with a file offset of its own.
-
-    Not a dup: QEMU reads the migration stream from the fd's offset, and its disk driver
-    seeks the (shared) offset of the fd it was given. Linux reopens the open file itself;
-    elsewhere the path is reopened and must still name the same file.
-    """
-    verified = os.fstat(payload.fileno())
-    try:
-        fd = os.open(f"/proc/self/fd/{payload.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        fd = os.open(payload.path, os.O_RDONLY | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != (verified.st_dev, verified.st_ino):
-        os.close(fd)
-        raise EngineError(f"{payload.path} was replaced by another file while it started")
-    return fd
+    if has_host_libs(payload, host_target()):
+        return "payload"
+    return installed_libkrun()
 
 
 def _run(

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import smolpack
 from smolpack.cache import cache_root, cached_file
+from smolpack.engine import registry
 from smolpack.errors import HostError, UsageError
 from smolpack.host import host_target
 
@@ -56,7 +57,7 @@ STUB_EXCLUDES = (
     "_strptime", "argparse", "gettext", "difflib", "click", "lief", "PyInstaller",
 )  # fmt: skip
 
-# The krun engine's run path, imported only when a run picks krun (runner._start_krun): name
+# The krun engine's run path, imported only when a run picks krun (krun_engine.start): name
 # them so PyInstaller's import scan, which skips function-level imports it cannot see
 # through, bundles them anyway.
 KRUN_MODULES = (
@@ -66,6 +67,9 @@ KRUN_MODULES = (
     "smolpack.engine.krun_state",
     "smolpack.pack_libs",
 )
+# Every engine (found by name, `engine.registry`: no import statement names them) and the
+# QEMU engine's run path.
+ENGINE_MODULES = (*registry.ENGINES.values(), "smolpack.engine.qemu", "smolpack.engine.qemu_run")
 
 # The entry script; `stub/launcher.py` in a source checkout holds the same code.
 ENTRY_SCRIPT = '''\
@@ -126,7 +130,8 @@ def stub_key() -> str:
     h.update(
         f"{host_target()} python {sys.version} pyinstaller {PyInstaller.__version__}\n".encode()
     )
-    h.update(" ".join(STUB_EXCLUDES + KRUN_MODULES).encode() + ENTRY_SCRIPT.encode())
+    modules = STUB_EXCLUDES + KRUN_MODULES + ENGINE_MODULES
+    h.update(" ".join(modules).encode() + ENTRY_SCRIPT.encode())
     package = Path(smolpack.__file__).resolve().parent
     for path in _sources():
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
@@ -173,10 +178,10 @@ def _freeze(dest: Path) -> None:
             sys.executable, "-m", "PyInstaller.utils.cliutils.makespec", "--onefile",
             "--strip", "--log-level", "ERROR", "--name", STUB_NAME,
             "--specpath", str(work), "--paths", str(package_parent),
-            # lazily imported by the runner: make sure both engines and zstd are in
-            "--hidden-import", "smolpack.engine.qemu", "--hidden-import", "zstandard",
+            # lazily imported by the runner: make sure the engines and zstd are in
+            "--hidden-import", "zstandard",
         ]  # fmt: skip
-        for module in KRUN_MODULES:
+        for module in ENGINE_MODULES + KRUN_MODULES:
             argv += ["--hidden-import", module]
         for module in STUB_EXCLUDES:
             argv += ["--exclude-module", module]

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from smolpack.cli._doctor_cmds import _choose
+from smolpack.engine.qemu_engine import QemuEngine
+from smolpack.engine.select import HostFacts
 from smolpack.errors import HostError
-from smolpack.host import (
-    KvmStatus,
-    choose_engine,
-    find_qemu,
-    host_arch,
-    kvm_status,
-    qemu_accel,
-    qemu_version,
-)
+from smolpack.host import KvmStatus, find_qemu, host_arch, kvm_status, qemu_version
 
 PVM_REASON = "/dev/kvm is provided by kvm_pvm, which cannot run a normal guest kernel"
 ON_PVM = Path("/sys/module/kvm_pvm").exists()
@@ -118,30 +113,36 @@ def test_qemu_version_of_a_broken_binary(tmp_path: Path) -> None:
     assert str(exc.value) == f"{fake} --version printed no version (exit 3)"
 
 
+def facts(hv: KvmStatus, *, libkrun: bool = True, qemu: bool = True) -> HostFacts:
+    return HostFacts(arch="x86_64", os="linux", hypervisor=hv,
+                     libkrun="smolmachines" if libkrun else None,
+                     qemu="/usr/bin/qemu-system-x86_64" if qemu else None)  # fmt: skip
+
+
 def test_accel() -> None:
     usable, unusable = KvmStatus(True, "ok"), KvmStatus(False, "no")
-    assert qemu_accel(usable, "x86_64", "x86_64") == "kvm"
-    assert qemu_accel(usable, "aarch64", "x86_64") == "tcg"
-    assert qemu_accel(unusable, "x86_64", "x86_64") == "tcg"
+    qemu = QemuEngine()
+    assert qemu.setup("x86_64", facts(usable), None)[1] == "kvm"
+    assert qemu.setup("aarch64", facts(usable), None)[1] == "tcg"
+    assert qemu.setup("x86_64", facts(unusable), None)[1] == "tcg"
 
 
 def test_engine_choice() -> None:
+    # doctor asks the run's planner about a guest of this host's architecture
     ok, pvm = KvmStatus(True, "/dev/kvm is usable (kvm_intel)"), KvmStatus(False, PVM_REASON)
-    kw = {"guest_arch": "x86_64", "arch": "x86_64"}
-    krun = choose_engine(hv=ok, libkrun_found=True, qemu_found=True, **kw)  # type: ignore[arg-type]
-    assert (krun.engine, krun.accel, krun.reason) == (
-        "krun",
-        None,
-        "krun: /dev/kvm is usable (kvm_intel)",
+    assert _choose("x86_64", facts(ok)) == ("krun", None, "krun: /dev/kvm is usable (kvm_intel)")
+    assert _choose("x86_64", facts(pvm)) == (
+        "qemu", "tcg", f"qemu (tcg): hardware virtualization unavailable: {PVM_REASON}"
+    )  # fmt: skip
+    assert _choose("x86_64", facts(ok, libkrun=False)) == (
+        "qemu", "kvm", "qemu (kvm): libkrun not found"
+    )  # fmt: skip
+    engine, _, reason = _choose("x86_64", facts(pvm, qemu=False))
+    assert engine is None
+    assert reason == (
+        f"no engine: hardware virtualization unavailable: {PVM_REASON};"
+        " qemu-system-x86_64 not found"
     )
-    q = choose_engine(hv=pvm, libkrun_found=True, qemu_found=True, **kw)  # type: ignore[arg-type]
-    assert (q.engine, q.accel) == ("qemu", "tcg")
-    assert q.reason == f"qemu (tcg): hardware virtualization unavailable: {PVM_REASON}"
-    q = choose_engine(hv=ok, libkrun_found=False, qemu_found=True, **kw)  # type: ignore[arg-type]
-    assert (q.engine, q.accel, q.reason) == ("qemu", "kvm", "qemu (kvm): libkrun not found")
-    none = choose_engine(hv=pvm, libkrun_found=True, qemu_found=False, **kw)  # type: ignore[arg-type]
-    assert none.engine is None
-    assert none.reason.endswith("; QEMU not found")
 
 
 # -- smolpack doctor --------------------------------------------------------------
@@ -210,5 +211,6 @@ def test_doctor_fails_when_no_engine_can_run(tmp_path: Path) -> None:
     assert res.returncode == 4
     assert "qemu:       missing: qemu-system-x86_64 not found on PATH" in res.stdout
     assert res.stderr == (
-        f"Error: no engine: hardware virtualization unavailable: {PVM_REASON}; QEMU not found\n"
+        f"Error: no engine: hardware virtualization unavailable: {PVM_REASON};"
+        " qemu-system-x86_64 not found\n"
     )

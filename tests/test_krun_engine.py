@@ -27,6 +27,7 @@ import pytest
 from payload_helpers import REPO, write_fake_pack
 
 from smolpack.engine.disk_refs import DiskRefs
+from smolpack.engine.console import console_tail
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_run import dns_resolvers, machine_spec
 from smolpack.engine.krun_state import (
@@ -608,3 +609,52 @@ def test_cached_memory_fills_pages_that_are_disk_blocks(
             return
         got = _cached_memory(payload, layout, mmap)
     assert got.read_bytes() == ram
+
+
+def test_stop_reason_reads_only_the_end_of_a_huge_vmm_log(tmp_path: Path) -> None:
+    import tracemalloc
+
+    vm = _vmm_that_exits(tmp_path, 1)
+    with open(vm.log, "wb") as f:
+        f.seek(256 << 20)  # 256 MiB (sparse): libkrun logging in a loop for a long run
+        f.write(b"\nvmm: the last word\n")
+    tracemalloc.start()
+    try:
+        reason = vm.stop_reason(10.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reason == "the libkrun VM process exited with code 1 (vmm: the last word)"
+    assert peak < 4 << 20  # was: the whole log in memory, twice (bytes, then str)
+
+
+def test_a_chatty_vmm_leaves_bounded_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The VMM child as configure() leaves it, minus the guest: hvc0 and its own stdio
+    # print far more than the cap (a guest printing in a loop, for hours).
+    import smolpack.engine.krun as krun
+    from smolpack.engine.console_log import CONSOLE_CAP, rotated
+
+    def chatty_child(*args: object, console_fd: int | None = None, **kw: object) -> None:
+        status_fd = args[3]
+        assert isinstance(status_fd, int)
+        spec = args[1]
+        assert isinstance(spec, KrunSpec)
+        if console_fd is None:  # as configure() opens it without a recorder
+            console_fd = os.open(spec.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.write(status_fd, b"R\n")
+        for _ in range(3 * CONSOLE_CAP // 4096):
+            os.write(console_fd, b"x" * 4095 + b"\n")
+            os.write(1, b"y" * 4095 + b"\n")
+        os.write(console_fd, b"the last console line\n")
+        os.write(2, b"vmm: the last word\n")
+        os._exit(0)
+
+    monkeypatch.setattr(krun, "child_main", chatty_child)
+    vm = KrunVm(find_runtime_libs(), spec_for(tmp_path))
+    assert vm.stop_reason(10.0) is not None
+    vm.close()
+    for log in (vm.console_log, vm.log):
+        assert log.stat().st_size <= CONSOLE_CAP
+        assert rotated(log).stat().st_size <= CONSOLE_CAP
+    assert console_tail(vm.console_log, 1) == ["the last console line"]
+    assert vm.exit_detail().endswith("(vmm: the last word)")

@@ -1,18 +1,21 @@
 """`smolpack doctor`: what this host can run, and why (host facts, see smolpack/host.py).
 
 Collects every fact even when some are missing, prints them, and only then fails (exit 4,
-HostError) if no engine could run a guest here.
+HostError) if no engine could run a guest here. Which engine would, and why, is the run's own
+planner (`engine.select.plan_run`) asked about a guest of this host's architecture.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from smolpack import host
+from smolpack.engine import registry
+from smolpack.engine.select import BareGuest, HostFacts, NoEngine, plan_run
 from smolpack.errors import HostError
 from smolpack.kernel import extract_kernel
 from smolpack.runtime_libs import find_runtime_libs
@@ -45,6 +48,8 @@ class DoctorReport:
     engine: str | None
     accel: str | None
     engine_reason: str
+    # every engine of the registry, "usable: why" or "unusable: why"
+    engines: dict[str, str] = field(default_factory=dict)
     # every external program smolpack runs: path and version, or None when missing
     tools: tuple[ToolStatus, ...] = ()
 
@@ -78,13 +83,14 @@ def collect_report() -> DoctorReport:
         kernel_ver, abi = blob.version, blob.abi_version
     except HostError as err:
         libs_err = err.message
-    choice = host.choose_engine(
-        hv=hv,
-        libkrun_found=krun_path is not None,
-        qemu_found=qemu_ver is not None,
-        guest_arch=arch,
+    facts = HostFacts(
         arch=arch,
+        os=host.host_os(),
+        hypervisor=hv,
+        libkrun=libs_source if krun_path is not None else None,
+        qemu=qemu_path if qemu_ver is not None else None,
     )
+    engine, accel, reason = _choose(arch, facts)
     return DoctorReport(
         arch=arch,
         os=host.host_os(),
@@ -99,11 +105,30 @@ def collect_report() -> DoctorReport:
         libs_error=libs_err,
         kernel_version=kernel_ver,
         krunfw_abi=abi,
-        engine=choice.engine,
-        accel=choice.accel,
-        engine_reason=choice.reason,
+        engine=engine,
+        accel=accel,
+        engine_reason=reason,
+        engines=_engines(arch, facts),
         tools=tuple(probe_all(arch)),
     )
+
+
+def _choose(arch: str, facts: HostFacts) -> tuple[str | None, str | None, str]:
+    """(engine, accel, one line why) that would run a guest here: a run's planner."""
+    try:
+        plan = plan_run(BareGuest(arch), facts, requested="auto", cold=True)
+    except NoEngine as err:
+        return None, None, f"no engine: {'; '.join(err.whys)}"
+    return plan.engine, plan.accel, f"{plan.label}: {plan.why}"
+
+
+def _engines(arch: str, facts: HostFacts) -> dict[str, str]:
+    """Every engine of the registry: "usable: why" or "unusable: why"."""
+    out = {}
+    for name in registry.names():
+        ok, why = registry.load(name).usable(arch, facts)
+        out[name] = f"{'usable' if ok else 'unusable'}: {why}"
+    return out
 
 
 def format_report(r: DoctorReport) -> str:
@@ -127,6 +152,8 @@ def format_report(r: DoctorReport) -> str:
         ("tools", "the programs smolpack runs, and for what"),
     ]
     lines = [f"{k + ':':<12}{v}" for k, v in rows]
+    # Engines beyond the two described above (their facts are their own to probe).
+    lines[6:6] = [f"{'  ' + n:<12}{v}" for n, v in r.engines.items() if n not in ("krun", "qemu")]
     for t in r.tools:
         found = f"{t.path} ({t.version})" if t.path else f"missing (package {t.tool.package})"
         lines.append(f"  {t.tool.name:<20}{found} [{t.tool.used_by}]")

@@ -8,10 +8,26 @@ from pathlib import Path
 
 import click
 
+from smolpack.engine import registry
 from smolpack.engine.select import CLI_FLAG
 from smolpack.errors import NotASmolmachine, UsageError
 from smolpack.progress import Progress
 from smolpack.runner import RunOptions, run_payload
+
+
+class EngineChoice(click.Choice):  # type: ignore[type-arg]
+    """auto and every engine of the registry, as it is when asked (engines added late too)."""
+
+    def __init__(self) -> None:
+        super().__init__(registry.choices())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return registry.choices()
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass
 
 
 def _is_payload(path: Path) -> bool:
@@ -47,7 +63,7 @@ _OFFLINE_HELP = (
 @click.option("--cold", is_flag=True, help="Boot the VM instead of restoring its saved state.")
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "qemu", "krun"]),
+    type=EngineChoice(),
     default="auto",
     show_default=True,
     envvar="SMOLPACK_ENGINE",
@@ -130,18 +146,16 @@ def run_cmd(
     if _is_payload(target):
         pack = target
     else:
-        from smolpack.build import build_payload, input_digest, pin_image
+        from smolpack.build import GUEST_ARCH, build_payload, input_digest, pin_image
         from smolpack.cache import cached_file
 
         config = pin_image(_load(target), offline=offline)
-        if engine == "krun":
-            from smolpack.engine.krun import require_hypervisor
-
-            # Refuse before building: a build boots a VM, which krun could not run anyway.
-            require_hypervisor(CLI_FLAG)
+        if engine != "auto":
+            # Refuse before building: a forced engine that cannot run here never will.
+            _forced_engine_usable(engine, GUEST_ARCH)
         progress = Progress(quiet=quiet)
         # A forced engine needs only its own state: build that one (another cache entry).
-        states = engine if engine in ("krun", "qemu") else "auto"
+        states = engine if engine in registry.SAVES_STATES else "auto"
         key = input_digest(config, states)
         pack = cached_file(
             "packs",
@@ -152,6 +166,15 @@ def run_cmd(
         )
     code = run_payload(pack, list(args), options)
     raise SystemExit(code)
+
+
+def _forced_engine_usable(engine: str, guest_arch: str) -> None:
+    from smolpack.engine.select import BareGuest, plan_run
+    from smolpack.runner import installed_libkrun, local_facts
+
+    guest = BareGuest(guest_arch)
+    facts = local_facts(guest_arch, installed_libkrun())
+    plan_run(guest, facts, requested=engine, cold=True, flag=CLI_FLAG)
 
 
 def _stub_dir() -> Path | None:
@@ -185,7 +208,7 @@ def _stub_dir() -> Path | None:
 @click.option(
     "--state",
     "states",
-    type=click.Choice(["auto", "krun", "qemu"]),
+    type=click.Choice(registry.state_choices()),
     default="auto",
     show_default=True,
     help="Which saved VM states the pack carries. auto: krun's where this host can build it"

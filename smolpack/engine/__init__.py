@@ -1,15 +1,23 @@
-"""Hypervisor engines (run stage): QEMU (`qemu`) and libkrun (`krun`).
+"""Hypervisor engines (run stage): QEMU (`qemu`) and libkrun (`krun`), behind `Engine`.
 
-`select.plan_run` decides which one runs a pack; each engine starts a `Vm`. The runner
-only needs what `Vm` declares: the connected agent channel, the console log, and `close`.
-Nothing is imported here so the launcher loads only the engine it picked.
+`engine.registry` names every engine and imports one only when asked for it; `select.plan_run`
+asks each whether it can run a pack here and picks one; the runner then has that engine start
+a `Vm`, and only needs what `Vm` declares: the connected agent channel, the console log, and
+`close`. Nothing is imported here so the launcher loads only what the engine it picked needs.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from smolpack.engine.select import EnginePlan, HostFacts
+    from smolpack.errors import HostError
+    from smolpack.machine import MachineConfig
+    from smolpack.payload import Payload, StateRef
+    from smolpack.stages import StageClock
 
 
 class Vm(Protocol):
@@ -30,3 +38,47 @@ class Vm(Protocol):
 
     def close(self) -> None:
         """Stop the VM for sure; idempotent."""
+
+
+class Engine(Protocol):
+    """One way to run a pack's VM. A module listed in `engine.registry` defines `ENGINE`.
+
+    Cheap to import (stdlib and smolpack's run path only): the planner loads every engine to
+    ask `usable`; an engine imports what it runs VMs with inside `start`.
+    """
+
+    # as `--engine`, the manifest's states and `--state` spell it
+    name: str
+    # how messages name it ("QEMU", "krun")
+    title: str
+    # whether it enforces a pack's egress allow lists (else a run needs the user's consent)
+    filters_egress: bool
+
+    def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
+        """Whether a `guest_arch` guest can run here, and why (not), in a few words."""
+        ...
+
+    def refusal(self, guest_arch: str, why: str, flag: str) -> HostError:
+        """The one-line error when the user forced this engine and `usable` said no."""
+        ...
+
+    def restorable(self, state: StateRef, guest_arch: str, facts: HostFacts) -> bool:
+        """Whether this host can restore `state` (one of this engine's) at all."""
+        ...
+
+    def setup(
+        self, guest_arch: str, facts: HostFacts, state: StateRef | None
+    ) -> tuple[str, str | None, str | None]:
+        """(label, accelerator, binary) of a plan: label as reasons show it, e.g. "qemu (tcg)"."""
+        ...
+
+    def restore_blocker(self, plan: EnginePlan, payload: Payload) -> str | None:
+        """Why `plan.state` cannot restore here, known before trying (None: try it)."""
+        ...
+
+    def start(
+        self, plan: EnginePlan, payload: Payload, machine: MachineConfig, run_dir: Path,
+        clock: StageClock,
+    ) -> Vm:  # fmt: skip
+        """Boot or restore the VM `plan` says, its agent channel connected; marks `clock`."""
+        ...

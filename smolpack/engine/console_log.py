@@ -3,7 +3,8 @@
 QEMU used to write the console straight to a file (`-chardev file`): unbounded (a guest that
 prints in a loop fills the disk of whoever runs the tool) and, on a failure, read back whole.
 Now QEMU writes into a socket (`-chardev socket,fd=N`: no path on its command line either),
-and a daemon thread copies it into `console.log`. Past `CONSOLE_CAP` bytes that file becomes
+and a daemon thread copies it into `console.log`; libkrun's VMM child writes hvc0 (and its
+own stdio, `krun.log`) into such sockets too. Past `CONSOLE_CAP` bytes that file becomes
 `console.log.1` (replacing the previous one) and a new one starts, so at most 2 × CAP bytes
 are ever kept, and the newest lines are always there. Readers (`read_tail`) read at most
 `TAIL_BYTES` from the end of the two files.
@@ -13,6 +14,7 @@ Stdlib only: the launcher imports this module.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -50,13 +52,15 @@ class ConsoleRecorder:
         self.path = path
         self._cap = cap
         ours, self._theirs = socket.socketpair()
+        # Opened here, not in the pump: the log exists once the recorder does.
+        out = open(path, "wb")  # noqa: SIM115 - the pump closes it
         self._thread = threading.Thread(
-            target=self._pump, args=(ours,), name="smolpack-console", daemon=True
+            target=self._pump, args=(ours, out), name="smolpack-console", daemon=True
         )
         self._thread.start()
 
     def engine_fd(self) -> int:
-        """The fd to hand to QEMU; call `started()` once QEMU holds its copy."""
+        """The fd to hand to the engine; call `started()` once it holds its copy."""
         return self._theirs.fileno()
 
     def started(self) -> None:
@@ -68,8 +72,7 @@ class ConsoleRecorder:
         self._theirs.close()
         self._thread.join(timeout_s)
 
-    def _pump(self, sock: socket.socket) -> None:
-        out = open(self.path, "wb")  # noqa: SIM115 - rotated below, closed at the end
+    def _pump(self, sock: socket.socket, out: io.BufferedWriter) -> None:
         written = 0
         try:
             while data := sock.recv(min(65536, self._cap)):

@@ -16,8 +16,9 @@ Process model (design.md §2: `krun_start_enter` never returns once the guest ru
 
 Machine (must equal the build VM's, or a saved state cannot restore): vCPUs and RAM from
 the manifest; root disk = a fresh qcow2 overlay over the read-only base, remounted as root
-by libkrun's init, which then execs the agent; hvc0 console → console.log; the agent's
-named port; vsock (TSI) only when the machine has network, with the egress allow lists.
+by libkrun's init, which then execs the agent; hvc0 console → console.log (bounded, by a
+`ConsoleRecorder`); the agent's named port; vsock (TSI) only when the machine has network,
+with the egress allow lists.
 Stdlib only (the launcher imports this lazily, only when it picked krun).
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from smolpack.engine.console import panic_message
+from smolpack.engine.console_log import ConsoleRecorder, read_tail
 from smolpack.engine.qemu import AGENT_GUEST_PATH, AGENT_PORT_NAME
 from smolpack.errors import EngineError, HostError, SmolpackError
 from smolpack.host import KvmStatus, hypervisor_status
@@ -73,8 +75,10 @@ def require_hypervisor(flag: str = "--smol-engine", status: KvmStatus | None = N
         )
 
 
-def configure(lib: object, spec: KrunSpec, agent_fd: int) -> int:
-    """Create and configure a libkrun context for `spec`; return its id. Child side."""
+def configure(lib: object, spec: KrunSpec, agent_fd: int, console_fd: int | None = None) -> int:
+    """Create and configure a libkrun context for `spec`; return its id. Child side.
+
+    `console_fd`: where hvc0 goes (a `ConsoleRecorder`'s socket); None: `spec.console_log`."""
     from smolpack.engine.krun_ffi import (
         DISK_FORMAT_QCOW2,
         DISK_FORMAT_RAW,
@@ -102,7 +106,10 @@ def configure(lib: object, spec: KrunSpec, agent_fd: int) -> int:
     lib.call("krun_set_root_disk_remount", ctx, b"/dev/vda", b"ext4", None)
     # hvc0: the console log. Its fds stay open for the VM's life (this process's life).
     null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(spec.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if console_fd is None:
+        log = os.open(spec.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    else:
+        log = console_fd
     lib.call("krun_add_virtio_console_default", ctx, null, log, log)
     lib.call("krun_set_kernel_console", ctx, b"hvc0")
     console = lib.call("krun_add_virtio_console_multiport", ctx)
@@ -140,6 +147,7 @@ def child_main(
     *,
     flag: str = "--smol-engine",
     status: KvmStatus | None = None,
+    console_fd: int | None = None,
 ) -> NoReturn:
     """The VMM process: configure, report `R`, enter. Never returns; never raises."""
     code = 121
@@ -147,7 +155,7 @@ def child_main(
         from smolpack.engine.krun_ffi import KrunLib
 
         lib = KrunLib(libs)
-        ctx = configure(lib, spec, agent_fd)
+        ctx = configure(lib, spec, agent_fd, console_fd)
         os.environ.update(spec.env)
         if spec.memory_file is not None:
             os.environ[FORKABLE_ENV] = "1"
@@ -176,6 +184,10 @@ class KrunVm:
         self.console_log = spec.console_log
         self.log = spec.console_log.with_name("krun.log")
         self.status: int | None = None  # waitpid status once reaped
+        # The guest console and libkrun's own output both grow for as long as the VM runs:
+        # each goes through a socket into a bounded log, as QEMU's console does.
+        self._console = ConsoleRecorder(self.console_log)
+        self._vmm_log = ConsoleRecorder(self.log)
         ours, theirs = socket.socketpair()
         status_r, status_w = os.pipe()
         sys.stdout.flush()
@@ -185,13 +197,16 @@ class KrunVm:
             try:
                 ours.close()
                 os.close(status_r)
-                _become_vmm_process(self.log)
+                _become_vmm_process(self._vmm_log.engine_fd())
             finally:
-                child_main(libs, spec, theirs.detach(), status_w, flag=flag)
+                child_main(libs, spec, theirs.detach(), status_w, flag=flag,
+                           console_fd=self._console.engine_fd())  # fmt: skip
         self.pid = pid
         self.agent = ours
         theirs.close()
         os.close(status_w)
+        self._console.started()
+        self._vmm_log.started()
         try:
             line = _read_status(status_r, STATUS_TIMEOUT_S)
         except BaseException:  # e.g. Ctrl-C while the child configures: it must not linger
@@ -223,10 +238,8 @@ class KrunVm:
         else:
             code = os.waitstatus_to_exitcode(self.status)
             how = f"the libkrun VM process exited with code {code}"
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            lines = []
+        # Its tail only: libkrun's log grows with the VM's life (console_log.read_tail).
+        lines = read_tail(self.log).decode(errors="replace").strip().splitlines()
         return how + (f" ({lines[-1][:200]})" if lines else "")
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:
@@ -248,6 +261,8 @@ class KrunVm:
                 os.kill(self.pid, signal.SIGKILL)
             self._poll(block=True)
         self.agent.close()
+        for recorder in (self._console, self._vmm_log):
+            recorder.drain()  # the child is gone: its last lines are in by now
 
     def __enter__(self) -> KrunVm:
         return self
@@ -263,7 +278,7 @@ def _signal_name(signo: int) -> str:
         return f"signal {signo}"
 
 
-def _become_vmm_process(log: Path) -> None:  # pragma: no cover - runs in the child
+def _become_vmm_process(log_fd: int) -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -272,12 +287,10 @@ def _become_vmm_process(log: Path) -> None:  # pragma: no cover - runs in the ch
     for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
         signal.signal(signo, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
     os.close(null)
-    os.close(out)
 
 
 def _read_status(fd: int, timeout_s: float) -> str:

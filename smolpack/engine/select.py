@@ -1,14 +1,18 @@
 """Which engine runs a pack on this host, and from which saved state (run stage).
 
 `plan_run` is the one decision both `smolpack run` and the launcher stub make before they
-touch a hypervisor; `--smol-info` and `smolpack doctor` print its `reason`. Rules
-(issue "One file users just run", §3; design.md §3 "run"):
+touch a hypervisor; `--smol-info` prints its `reason`, and `smolpack doctor` asks the same
+planner about a guest of the host's architecture. Engines are found by name in
+`engine.registry`, each answering for itself (`engine.Engine`): whether it can run the guest
+here and why, which states it can restore, its settings. Rules (issue "One file users just
+run", §3; design.md §3 "run"):
 
 - `auto`: krun whenever it can run here (hardware virtualization works, libkrun is
   available, the guest has the host's architecture), restoring its state for this host if
   the pack has one and booting cold otherwise: a cold boot on hardware virtualization beats
   restoring under QEMU's software emulation, which then runs every instruction emulated.
   Otherwise QEMU, restoring its state when there is one.
+  (In general: the first engine of the registry that can run here.)
 - `krun` / `qemu` forced: that engine or a one-line `HostError` saying why not and what to
   use instead. Never a silent fallback to the other engine.
 - `cold`, or no compatible state: boot instead of restoring.
@@ -20,14 +24,16 @@ Stdlib only: the launcher stub imports this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Protocol
 
+from smolpack.engine import registry
 from smolpack.errors import HostError, UsageError
 from smolpack.host import KvmStatus
-from smolpack.payload.manifest import Manifest, StateRef
+from smolpack.payload.manifest import StateRef
 
-Engine = Literal["krun", "qemu"]
-ENGINE_CHOICES = ("auto", "krun", "qemu")
+if TYPE_CHECKING:
+    from smolpack.engine import Engine
+
 LAUNCHER_FLAG = "--smol-engine"  # a packed tool's option
 CLI_FLAG = "--engine"  # `smolpack run`'s option
 
@@ -43,24 +49,51 @@ class HostFacts:
     qemu: str | None  # path of qemu-system-<guest arch>, None: not installed
 
 
+class Guest(Protocol):
+    """What the planner needs of a pack: a `Manifest`, or `doctor`'s stand-in."""
+
+    @property
+    def guest_arch(self) -> str: ...
+    @property
+    def states(self) -> tuple[StateRef, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BareGuest:
+    """A guest of `guest_arch` with no saved state: what `doctor` and a build ask about."""
+
+    guest_arch: str
+    states: tuple[StateRef, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnginePlan:
     """The decision: engine, QEMU accelerator, state to restore, and why."""
 
-    engine: Engine
+    engine: str  # its name in the registry
     accel: str | None  # QEMU -accel value ("tcg", "kvm", "hvf"); None for krun
     qemu: str | None  # qemu-system-<arch> binary for the QEMU engine; None for krun
     state: StateRef | None  # the saved state to restore; None means a cold boot
     reason: str  # one line, e.g. "qemu (tcg), restoring qemu-x86_64: hardware ..."
     flag: str = LAUNCHER_FLAG  # the front end's engine option, named in hints
+    label: str = ""  # the engine as reasons show it, e.g. "qemu (tcg)"
+    why: str = ""  # why this engine, e.g. "hardware virtualization unavailable: ..."
 
     @property
     def restores(self) -> bool:
         return self.state is not None
 
 
+class NoEngine(HostError):
+    """No engine can run the guest here; `whys` says why not, engine by engine."""
+
+    def __init__(self, whys: list[str], *, prefix: str = "no engine can run this pack") -> None:
+        super().__init__(f"{prefix}: {'; '.join(whys)}", hint=registry.NO_ENGINE_HINT)
+        self.whys = whys
+
+
 def plan_run(
-    manifest: Manifest,
+    manifest: Guest,
     facts: HostFacts,
     *,
     requested: str,
@@ -72,87 +105,50 @@ def plan_run(
     `flag` is how the caller's front end spells the engine option (`--smol-engine` for a
     packed tool, `--engine` for `smolpack run`): hints name it.
     """
-    if requested not in ENGINE_CHOICES:
-        raise UsageError(f"unknown engine {requested!r} (use auto, krun or qemu)")
-    krun_ok, krun_why = _krun_usable(manifest, facts)
-    krun_state = None if cold else _state_for(manifest, "krun", facts)
-    qemu_state = None if cold else _state_for(manifest, "qemu", facts)
-
-    if requested == "krun":
-        if not krun_ok:
-            raise HostError(krun_why, hint=f"use {flag}=qemu")
-        return _krun_plan(krun_state, "requested", cold, flag)
-    if requested == "qemu":
-        if facts.qemu is None:
-            raise HostError(
-                f"qemu-system-{manifest.guest_arch} not found on PATH",
-                hint=f"install QEMU or use {flag}=krun",
-            )
-        return _qemu_plan(manifest, facts, qemu_state, "requested", cold, flag)
-    # auto
-    if krun_ok:
-        return _krun_plan(krun_state, krun_why, cold, flag)
-    if facts.qemu is not None:
-        return _qemu_plan(manifest, facts, qemu_state, krun_why, cold, flag)
-    raise HostError(
-        f"no engine can run this pack: {krun_why}; qemu-system-{manifest.guest_arch} not found",
-        hint="install QEMU (apt-get install qemu-system-x86) or run on a host with KVM",
-    )
+    choices = registry.choices()
+    if requested not in choices:
+        raise UsageError(f"unknown engine {requested!r} (use {registry.spelled(choices)})")
+    arch = manifest.guest_arch
+    if requested != registry.AUTO:
+        engine = registry.load(requested)
+        ok, why = engine.usable(arch, facts)
+        if not ok:
+            raise engine.refusal(arch, why, flag)
+        return _plan(engine, manifest, facts, "requested", cold, flag)
+    skipped: list[str] = []
+    for name in registry.names():
+        engine = registry.load(name)
+        ok, why = engine.usable(arch, facts)
+        if ok:
+            # Why this one: its own word when it is the first choice, else why not the others.
+            return _plan(engine, manifest, facts, "; ".join(skipped) or why, cold, flag)
+        skipped.append(why)
+    raise NoEngine(skipped)
 
 
-def _krun_usable(manifest: Manifest, facts: HostFacts) -> tuple[bool, str]:
-    if not facts.hypervisor.usable:
-        return False, f"hardware virtualization unavailable: {facts.hypervisor.reason}"
-    if manifest.guest_arch != facts.arch:
-        return False, f"the guest is {manifest.guest_arch} but this host is {facts.arch}"
-    if facts.libkrun is None:
-        return False, "libkrun not found"
-    return True, facts.hypervisor.reason
-
-
-def _state_for(manifest: Manifest, engine: Engine, facts: HostFacts) -> StateRef | None:
-    """The first state of `engine` this host can restore (states are listed best first)."""
-    for state in manifest.states:
-        if state.engine != engine:
-            continue
-        # A krun state holds host-specific vCPU state; a QEMU (TCG) stream is portable
-        # between hosts, but our QEMU engine only knows how to restore the guest's arch.
-        if engine == "krun" and (state.host_arch, state.host_os) != (facts.arch, facts.os):
-            continue
-        if engine == "qemu" and state.host_arch != manifest.guest_arch:
-            continue
-        return state
-    return None
-
-
-def _krun_plan(state: StateRef | None, why: str, cold: bool, flag: str) -> EnginePlan:
-    return EnginePlan(
-        engine="krun",
-        accel=None,
-        qemu=None,
-        state=state,
-        reason=_reason("krun", state, why, cold),
-        flag=flag,
-    )
-
-
-def _qemu_plan(
-    manifest: Manifest, facts: HostFacts, state: StateRef | None, why: str, cold: bool, flag: str
+def _plan(
+    engine: Engine, manifest: Guest, facts: HostFacts, why: str, cold: bool, flag: str
 ) -> EnginePlan:
-    # States are saved under TCG, and a TCG migration stream must be loaded under TCG
-    # (KVM would expose other CPUID bits than the saved vCPU had). Cold boots may use KVM.
-    hv_accel = "hvf" if facts.os == "macos" else "kvm"
-    same_arch = manifest.guest_arch == facts.arch
-    accel = hv_accel if state is None and facts.hypervisor.usable and same_arch else "tcg"
-    label = f"qemu ({accel})"
+    state = None if cold else _state_for(engine, manifest, facts)
+    label, accel, binary = engine.setup(manifest.guest_arch, facts, state)
     return EnginePlan(
-        engine="qemu",
+        engine=engine.name,
         accel=accel,
-        qemu=facts.qemu,
+        qemu=binary,
         state=state,
         reason=_reason(label, state, why, cold),
         flag=flag,
+        label=label,
+        why=why,
     )
+
+
+def _state_for(engine: Engine, manifest: Guest, facts: HostFacts) -> StateRef | None:
+    """The first state of `engine` this host can restore (states are listed best first)."""
+    for state in manifest.states:
+        if state.engine == engine.name and engine.restorable(state, manifest.guest_arch, facts):
+            return state
+    return None
 
 
 def _reason(label: str, state: StateRef | None, why: str, cold: bool) -> str:
