@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from payload_helpers import REPO, write_fake_pack
 
-from smolpack.engine.disk_refs import DiskRefs
 from smolpack.engine.console import console_tail
+from smolpack.engine.disk_refs import DiskRefs
 from smolpack.engine.krun import KrunSpec, KrunVm, require_hypervisor
 from smolpack.engine.krun_run import dns_resolvers, machine_spec
 from smolpack.engine.krun_state import (
