@@ -82,14 +82,15 @@ def user_dir(tmp_path: Path, engine: str) -> Iterator[dict[str, str]]:
 
 
 def run_tool(
-    tool: Path, *args: str, env: dict[str, str], stdin: bytes = b"", cwd: Path | None = None
-) -> subprocess.CompletedProcess[bytes]:
+    tool: Path, *args: str, env: dict[str, str], stdin: bytes = b"", cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
     return subprocess.run(
         [str(tool), *args],
         input=stdin,
         capture_output=True,
         env=env,
-        timeout=120,
+        timeout=timeout,
         cwd=cwd or tool.parent,
     )
 
@@ -123,6 +124,7 @@ def test_eight_concurrent_runs(tools: dict[str, Path], user_dir: dict[str, str])
             tools["sh"],
             f"echo run-{i} > /root/mine; sleep 0.2; cat /root/mine; exit {i}",
             env=user_dir,
+            timeout=600,  # a hang guard: eight at once take ~2 min on the lane's one vCPU
         )
 
     with ThreadPoolExecutor(8) as pool:
