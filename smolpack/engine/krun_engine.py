@@ -9,6 +9,7 @@ Stdlib only and cheap: `krun`, `krun_run` and libkrun load only when a run picks
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smolpack.engine import Vm
 from smolpack.engine.select import EnginePlan, HostFacts
@@ -17,10 +18,14 @@ from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, StateRef
 from smolpack.stages import StageClock
 
+if TYPE_CHECKING:
+    from smolpack.engine.saving import BuildJob, SavedState
+
 
 class KrunEngine:
     name = "krun"
     title = "krun"
+    saves_states = True
     filters_egress = True
 
     def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
@@ -62,6 +67,16 @@ class KrunEngine:
         vm = start_krun_vm(plan, payload, machine, run_dir, libs=libs)
         clock.mark("spawn")  # libkrun prepares, forks and restores in one call
         return vm
+
+    def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
+        from smolpack.engine.krun_build import krun_buildable
+
+        return krun_buildable(guest_arch)
+
+    def build_state(self, job: BuildJob) -> SavedState:
+        from smolpack.engine.krun_build import build_krun_state
+
+        return build_krun_state(job)
 
 
 ENGINE = KrunEngine()
