@@ -37,6 +37,7 @@ def build_qemu_state(job: BuildJob) -> SavedState:
     Consumes `job.base` (flattened into the disk), so QEMU builds last; its disk is the
     pack's (`own_disk` is never asked of it).
     """
+    assert not job.own_disk, "QEMU builds last (registry order): its disk is the pack's"
     name = f"qemu-{job.guest_arch}"
     machine = job.machine
     qemu_machine = QemuMachine(
