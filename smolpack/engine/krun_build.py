@@ -1,4 +1,4 @@
-"""The libkrun engine's save step (create stage; `KrunEngine.can_save_here`, `build_state`).
+"""The libkrun engine's save step (create stage; `KrunEngine.build_state`).
 
 Runs only where hardware virtualization works (never on our kvm_pvm machines): the build VM
 boots under libkrun on the base image plus its own overlay (the base stays for the next
@@ -21,27 +21,12 @@ from smolpack.build_steps import (
     run_init_step,
 )
 from smolpack.engine.saving import BuildJob, SavedState, Section
-from smolpack.errors import HostError
-from smolpack.host import host_arch, host_os, hypervisor_status
+from smolpack.host import host_arch, host_os
 from smolpack.machine import MachineConfig
 from smolpack.payload import StateRef
 from smolpack.progress import Progress
 from smolpack.runtime_libs import find_runtime_libs
 from smolpack.smolfile import SmolConfig
-
-
-def krun_buildable(guest_arch: str) -> tuple[bool, str]:
-    """Whether this host can boot the build VM under libkrun, and why (not)."""
-    hv = hypervisor_status()
-    if not hv.usable:
-        return False, f"hardware virtualization unavailable: {hv.reason}"
-    if host_arch() != guest_arch:
-        return False, f"the guest is {guest_arch} but this host is {host_arch()}"
-    try:
-        find_runtime_libs()
-    except HostError as err:
-        return False, err.message
-    return True, hv.reason
 
 
 def build_krun_state(job: BuildJob) -> SavedState:

@@ -69,14 +69,26 @@ class KrunEngine:
         return vm
 
     def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
-        from smolpack.engine.krun_build import krun_buildable
+        """Whether this host can boot the build VM under libkrun, and why (not)."""
+        from smolpack.host import host_arch, hypervisor_status
+        from smolpack.runtime_libs import find_runtime_libs
 
-        return krun_buildable(guest_arch)
+        hv = hypervisor_status()
+        if not hv.usable:
+            return False, f"hardware virtualization unavailable: {hv.reason}"
+        if host_arch() != guest_arch:
+            return False, f"the guest is {guest_arch} but this host is {host_arch()}"
+        try:
+            find_runtime_libs()
+        except HostError as err:
+            return False, err.message
+        return True, hv.reason
 
     def build_state(self, job: BuildJob) -> SavedState:
-        from smolpack.engine.krun_build import build_krun_state
-
-        return build_krun_state(job)
+        # By name: the launcher stub never saves, and PyInstaller follows `import` statements.
+        module = __import__("smolpack.engine.krun_build", fromlist=["build_krun_state"])
+        saved: SavedState = module.build_krun_state(job)
+        return saved
 
 
 ENGINE = KrunEngine()

@@ -72,9 +72,10 @@ class QemuEngine:
         return True, "QEMU saves under TCG"
 
     def build_state(self, job: BuildJob) -> SavedState:
-        from smolpack.engine.qemu_build import build_qemu_state
-
-        return build_qemu_state(job)
+        # By name: the launcher stub never saves, and PyInstaller follows `import` statements.
+        module = __import__("smolpack.engine.qemu_build", fromlist=["build_qemu_state"])
+        saved: SavedState = module.build_qemu_state(job)
+        return saved
 
 
 ENGINE = QemuEngine()
