@@ -11,10 +11,11 @@ Read top to bottom, `build_payload` is the whole create flow (design.md §3):
    memory expects (same instant: the guest is paused while we copy);
 7. write the payload: manifest, kernel, disk, state.
 
-Where hardware virtualization works (KVM, Hypervisor.framework), steps 3-6 run twice: once
-under libkrun (`_krun_build`: its state `krun-<arch>` carries its own flattened disk, since
-two build VMs never leave byte-identical disks) and once under QEMU. Elsewhere only the QEMU
-state is built, and the progress output says why.
+Steps 3-6 are each engine's own (`Engine.build_state`), run for every engine of the registry
+that `--state` selects and that can save here, in the registry's order: where hardware
+virtualization works, libkrun's and then QEMU's. The last one's flattened disk is the pack's;
+an earlier state carries its own, since two build VMs never leave byte-identical disks. An
+engine that cannot save here is skipped, and the progress output says why.
 """
 
 from __future__ import annotations
@@ -24,38 +25,22 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-import threading
-from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
-from smolpack.agent.channels import ChannelHub
-from smolpack.agent.session import AgentSession, handshake
 from smolpack.disk import build_ext4
-from smolpack.engine import Vm, registry
-from smolpack.engine.console import console_tail, explain_agent_failure
-from smolpack.engine.qemu import (
-    AGENT_GUEST_PATH,
-    KERNEL_CMDLINE,
-    QemuMachine,
-    QemuVm,
-    RamFile,
-    RootDisk,
-)
-from smolpack.engine.qemu_compat import qemu_facts
-from smolpack.engine.qemu_state import state_sections
-from smolpack.errors import AgentChannelClosed, AgentError, BuildError, HostError, SmolfileError
-from smolpack.host import find_qemu, host_arch, host_os, hypervisor_status
-from smolpack.hostdir import HostDir
+from smolpack.engine import Engine, registry
+from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE
+from smolpack.engine.saving import BuildJob, SavedState
+from smolpack.errors import HostError, SmolfileError
 from smolpack.image import goarch, image_locales, prepare_rootfs, prepare_rootfs_from_source
 from smolpack.kernel import extract_kernel, kernel_elf_path
 from smolpack.machine import MachineConfig, merge_env
 from smolpack.pack_libs import section_names
-from smolpack.payload import Manifest, PayloadWriter, SectionKind, StateRef, created_now
+from smolpack.payload import Manifest, PayloadWriter, SectionKind, created_now
 from smolpack.payload.layout import Codec
 from smolpack.progress import Progress
 from smolpack.runtime_libs import RuntimeLibs, find_runtime_libs
@@ -65,9 +50,6 @@ if TYPE_CHECKING:
     from smolpack.registry import Platform
 
 GUEST_ARCH = "x86_64"  # the only guest the QEMU engine boots so far
-BOOT_TIMEOUT_S = 120.0  # a cold boot under TCG takes ~3 s; leave room for a loaded CI box
-QEMU_STATE = f"qemu-{GUEST_ARCH}"
-STATE_CHOICES = registry.state_choices()
 # Bumped whenever the payload built from the same inputs would change.
 # 2: the build VM has a timer interrupt (QEMU microvm pic=on); older states never tick.
 # 3: the QEMU state keeps guest RAM in a section of its own (lazy memory).
@@ -93,23 +75,23 @@ def build_payload(
 
     `host_libs` (target, libraries): carry that host's libkrun + libkrunfw in the pack
     (formats/smolmachine.md, "Host libraries"), as packed executables do.
-    `states`: "auto" (krun's where this host can build it, and QEMU's), "krun" or "qemu"
-    (that engine's state only: the pack's disk is then that build VM's).
+    `states`: "auto" (every engine's that can save here: krun's where this host can build it,
+    and QEMU's), or one engine of `registry.savers()` (that engine's state only: the pack's
+    disk is then that build VM's).
     `lazy_memory`: the QEMU state keeps guest RAM as a section of its own, mapped
     copy-on-write at run time (formats/qemu-state.md); False writes the eager layout of
     packs before it (RAM inside the migration stream), which runs must still restore.
     `compress`: store the disk and the QEMU state zstd-compressed, for transport; a run
     decodes each once into its cache by digest (`cache.section_file`). False stores them
     raw: the disk and the stream are read in place, no first-run decoding.
-    `disk_refs`: the QEMU state's RAM pages that are copies of disk blocks (the page cache)
-    are stored as references to them (`memory-refs`, formats/disk-refs.md); False stores
-    the whole RAM, as packs before it did.
+    `disk_refs`: a state's RAM pages that are copies of disk blocks (the page cache) are
+    stored as references to them (formats/disk-refs.md); False stores the whole RAM, as
+    packs before it did.
     """
-    if states not in STATE_CHOICES:
-        raise ValueError(f"states must be one of {STATE_CHOICES}")
-    krun_ok, krun_why = krun_buildable()
-    if states == "krun" and not krun_ok:
-        raise HostError(f"cannot build a krun state here: {krun_why}", hint="use --state=qemu")
+    savers = [registry.load(name) for name in registry.savers()]
+    if states != registry.AUTO and states not in registry.savers():
+        raise ValueError(f"states must be one of {registry.state_choices()}")
+    builds = _states_to_build(savers, states)  # before writing anything: may refuse
     image = require_image(config)
     work = Path(tempfile.mkdtemp(prefix=".smolpack-build-", dir=out.parent))
     try:
@@ -157,61 +139,30 @@ def build_payload(
                 for x in config.secrets
             ),
         )
-        qemu_machine = QemuMachine(
-            guest_arch=GUEST_ARCH,
-            cpus=machine.cpus,
-            memory_mib=machine.memory_mib,
-            kernel=kernel,
-            cmdline=machine.kernel_cmdline,
-            net=machine.net,
-        )
         if machine.allow_hosts or machine.allow_cidrs:
-            # slirp (QEMU's user-mode network) has no egress filter to give them to.
-            progress.note(
-                "network allow lists are enforced by the krun engine only;"
-                " under QEMU the guest's egress is unrestricted (this build's too), so runs"
-                " there need --smol-allow-unfiltered-egress"
-            )
-        krun: tuple[StateRef, list[Any]] | None = None
-        if states == "qemu":
-            progress.note("krun state skipped: --state=qemu")
-        elif krun_ok:  # first: the QEMU build consumes the base image
-            own_disk = states != "krun"
-            krun = _krun_build(config, machine, base, work, progress, own_disk=own_disk,
-                               disk_refs=disk_refs)  # fmt: skip
-        else:
-            progress.note(f"krun state skipped: {krun_why}; the pack restores under QEMU")
-        # The QEMU state: stream, RAM file, its disk references.
-        qemu: tuple[Path, Path | None, bytes | None] | None = None
-        if states == "krun":
-            disk = work / "krun-disk.raw"  # the krun state's disk is the pack's
-            base.unlink()
-        else:
-            stream, ram, disk = _boot_build_and_save(
-                config, machine, qemu_machine, base, work, progress, lazy_memory=lazy_memory
-            )
-            refs = None
-            if ram is not None and disk_refs:
-                with progress.step("Finding RAM pages that are disk blocks"):
-                    refs = _split_ram(ram, disk, work)
-            qemu = (stream, ram, refs)
+            _note_unfiltered_egress(progress)
+        saved: list[SavedState] = []
+        last = [engine for engine, why in builds if why is None][-1]
+        for engine, why in builds:
+            if why is not None:
+                progress.note(f"{engine.name} state skipped: {why}")
+                continue
+            job = BuildJob(config=config, machine=machine, guest_arch=GUEST_ARCH,
+                           kernel=kernel, base=base, work=work, progress=progress,
+                           own_disk=engine is not last, lazy_memory=lazy_memory,
+                           compress=compress, disk_refs=disk_refs)  # fmt: skip
+            saved.append(engine.build_state(job))
+        base.unlink(missing_ok=True)
+        disk = saved[-1].disk  # the last build VM's is the pack's
+        assert disk is not None
         with progress.step("Writing the pack"):
             manifest = Manifest(
                 smolpack_version=__version__,
                 created=created_now(),
                 guest_arch=GUEST_ARCH,
                 machine=machine.to_dict(),
-                states=(*([krun[0]] if krun else []), *([StateRef(
-                    name=QEMU_STATE,
-                    engine="qemu",
-                    host_arch=GUEST_ARCH,
-                    host_os="linux",
-                    sections=state_sections(QEMU_STATE, lazy=qemu[1] is not None,
-                                            refs=qemu[2] is not None),
-                    # A run's QEMU must match these to restore (engine/qemu_compat.py).
-                    recorded=qemu_facts(find_qemu("x86_64")),  # GUEST_ARCH
-                )] if qemu else [])),
-            )  # fmt: skip
+                states=tuple(state.ref for state in saved),
+            )
             with PayloadWriter(out) as writer:
                 writer.add_bytes("manifest", SectionKind.MANIFEST, manifest.to_json())
                 # zstd: the launcher materializes the kernel once into its cache anyway.
@@ -220,18 +171,11 @@ def build_payload(
                 # Compressed: a run decodes them into its cache once (formats/qemu-state.md).
                 cold = Codec.ZSTD if compress else Codec.NONE
                 writer.add_file("disk", SectionKind.DISK, disk, codec=cold)
-                # The state's stream, then (lazy layout) its RAM file, which a run maps from
-                # its cache in both cases (QEMU 7.2 cannot map a range of the pack).
-                if qemu is not None:
-                    stream, ram, refs = qemu
-                    names = state_sections(QEMU_STATE, lazy=ram is not None,
-                                           refs=refs is not None)  # fmt: skip
-                    for name, path in zip(names, [stream, *([ram] if ram else [])], strict=False):
-                        writer.add_file(name, SectionKind.STATE, path, codec=cold)
-                    if refs is not None:  # small: a few bytes per run of pages
-                        writer.add_bytes(names[2], SectionKind.STATE, refs, codec=Codec.ZSTD)
-                for source in krun[1] if krun else []:
-                    writer.add_file(source.name, source.kind, source.path, codec=source.codec)
+                # Each state's sections, the one giving the pack's disk first.
+                for state in reversed(saved):
+                    for section in state.sections:
+                        writer.add_file(section.name, section.kind, section.path,
+                                        codec=section.codec)  # fmt: skip
                 if host_libs is not None:
                     target, libs = host_libs
                     paths = (libs.libkrun_path, libs.libkrunfw_path)
@@ -242,208 +186,41 @@ def build_payload(
     return out
 
 
-def _boot_build_and_save(
-    config: SmolConfig,
-    machine: MachineConfig,
-    qemu_machine: QemuMachine,
-    base: Path,
-    work: Path,
-    progress: Progress,
-    *,
-    lazy_memory: bool,
-) -> tuple[Path, Path | None, Path]:
-    """Boot, run the init steps, save: (migration stream, RAM file or None, flat disk)."""
-    overlay = work / "overlay.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
-    state = work / "state.bin"
-    # Lazy memory: the guest's RAM is this file (shared), so the saved stream leaves it out.
-    ram = RamFile(path=work / "memory.ram", shared=True) if lazy_memory else None
-    vm = QemuVm(
-        qemu_machine,
-        RootDisk(path=base, size=base.stat().st_size, overlay=overlay),
-        run_dir=work,
-        ram=ram,
-    )
-    try:
-        with progress.step("Booting the build VM"):
-            session = _boot_handshake(vm, BOOT_TIMEOUT_S)
-        for number, step in enumerate(config.init, start=1):
-            first, *more = step.strip().splitlines() or [""]
-            label = first + (f" (+{len(more)} lines)" if more else "")
-            with progress.step(f"init step {number}/{len(config.init)}: {label}"):
-                _run_init_step(session, number, step, machine, config)
-        with progress.step("Saving the warmed-up VM"):
-            session.prepare_snapshot()
-            vm.save_state(state)
-    except (BuildError, KeyboardInterrupt):
-        raise  # the step's own output (or the user) already said why
-    except AgentChannelClosed as exc:  # an init step crashed the VM: say how
-        _keep_console(vm, progress)
-        raise explain_agent_failure(vm, exc) from exc
-    except BaseException:
-        _keep_console(vm, progress)
-        raise
-    finally:
-        vm.close()
-    with progress.step("Flattening the disk"):
-        disk = work / "disk.raw"
-        # The guest was paused when its state was saved, so overlay + base is exactly the
-        # disk that memory expects. convert writes zeros as holes: the result stays sparse.
-        _qemu_img("convert", "-O", "raw", str(overlay), str(disk))
-        overlay.unlink()
-        base.unlink()
-    return state, ram.path if ram else None, disk
+def _states_to_build(savers: list[Engine], states: str) -> list[tuple[Engine, str | None]]:
+    """Each engine that saves, with why its state is skipped (None: build it), in order.
 
-
-def _split_ram(ram: Path, disk: Path, work: Path) -> bytes:
-    """Replace `ram` by itself less its pages that are blocks of `disk`; their references."""
-    from smolpack.engine.disk_refs import split_image
-
-    residual = work / "memory.residual"
-    refs = split_image(ram, disk, residual)
-    residual.replace(ram)
-    return refs.encode()
-
-
-def krun_buildable() -> tuple[bool, str]:
-    """Whether this host can boot the build VM under libkrun, and why (not)."""
-    hv = hypervisor_status()
-    if not hv.usable:
-        return False, f"hardware virtualization unavailable: {hv.reason}"
-    if host_arch() != GUEST_ARCH:
-        return False, f"the guest is {GUEST_ARCH} but this host is {host_arch()}"
-    try:
-        find_runtime_libs()
-    except HostError as err:
-        return False, err.message
-    return True, hv.reason
-
-
-def _krun_build(
-    config: SmolConfig, machine: MachineConfig, base: Path, work: Path, progress: Progress,
-    *, own_disk: bool, disk_refs: bool,
-) -> tuple[StateRef, list[Any]]:  # fmt: skip
-    """Boot the build VM under libkrun, run the init steps, SAVE, flatten its disk.
-
-    Runs only where `krun_buildable()` (never on our kvm_pvm machines): the state is saved
-    through libkrun's control socket (`SAVE <dir>`, VM left paused), and the overlay is
-    flattened while it is paused, so memory and disk are from the same instant.
+    Raises HostError when the one engine `states` names cannot save here, or none can.
     """
-    from smolpack.engine.krun import KrunVm
-    from smolpack.engine.krun_control import save_state, wait_for_socket
-    from smolpack.engine.krun_run import machine_spec
-    from smolpack.engine.krun_state import CPU_FILE, encode_cpu, state_ref, state_sections
-    from smolpack.host import cpu_id
-
-    # A short directory for the socket: sun_path holds 108 bytes, `work` may be deep.
-    sock_dir = Path(tempfile.mkdtemp(prefix="smolpack-krun-"))
-    spec = machine_spec(
-        machine,
-        base_disk=base.resolve(),
-        overlay=work / "krun-overlay.qcow2",
-        console_log=work / "krun-console.log",
-        control_socket=sock_dir / "control.sock",
-    )
-    state_dir, disk = work / "krun-state", work / "krun-disk.raw"
-    try:
-        with progress.step("Booting the krun build VM"):
-            vm = KrunVm(find_runtime_libs(), spec)
-        try:
-            assert spec.control_socket is not None
-            wait_for_socket(spec.control_socket, timeout_s=BOOT_TIMEOUT_S, alive=vm.alive)
-            session = _boot_handshake(vm, BOOT_TIMEOUT_S)
-            for number, step in enumerate(config.init, start=1):
-                with progress.step(f"init step {number}/{len(config.init)} (krun)"):
-                    _run_init_step(session, number, step, machine, config)
-            with progress.step("Saving the warmed-up krun VM"):
-                session.prepare_snapshot()
-                save_state(spec.control_socket, state_dir)
-                (state_dir / CPU_FILE).write_bytes(encode_cpu(cpu_id()))
-            with progress.step("Flattening the krun disk"):
-                _qemu_img("convert", "-O", "raw", str(spec.overlay), str(disk))
-        except BaseException:
-            _keep_console(vm, progress)
-            raise
-        finally:
-            vm.close()
-    finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
-    spec.overlay.unlink(missing_ok=True)
-    ref = state_ref(host_arch=host_arch(), host_os=host_os(), own_disk=own_disk, refs=disk_refs)
-    return ref, state_sections(ref, state_dir, disk if own_disk else None, memory_disk=disk)
+    able = {
+        e.name: e.can_save_here(GUEST_ARCH) for e in savers if states in (e.name, registry.AUTO)
+    }
+    if states != registry.AUTO:
+        ok, why = able[states]
+        if not ok:
+            others = tuple(f"--state={e.name}" for e in savers if e.name != states)
+            raise HostError(f"cannot build a {states} state here: {why}",
+                            hint=f"use {registry.spelled(others)}" if others else None)  # fmt: skip
+        return [(e, None if e.name == states else f"--state={states}") for e in savers]
+    building = tuple(e.title for e in savers if able[e.name][0])
+    if not building:
+        whys = "; ".join(why for _ok, why in able.values())
+        raise HostError(f"no engine can build a state here: {whys}")
+    return [(e, None if able[e.name][0] else
+             f"{able[e.name][1]}; the pack restores under {registry.spelled(building)}")
+            for e in savers]  # fmt: skip
 
 
-def _boot_handshake(vm: Vm, timeout_s: float) -> AgentSession:
-    """Handshake with the freshly booted agent; a timeout says what the console showed."""
-    try:
-        return handshake(vm.agent, timeout_s=timeout_s)
-    except AgentError as exc:
-        raise explain_agent_failure(vm, exc) from exc
-
-
-def _run_init_step(
-    session: AgentSession, number: int, step: str, machine: MachineConfig, config: SmolConfig
-) -> None:
-    """Run one `init` step, streaming its output to stderr and keeping the last lines.
-
-    The Smolfile's `volumes` are mounted for the step (FUSE over the agent channel; the
-    agent unmounts them at the step's EXIT), so none is mounted when the state is saved and
-    nothing of them is carried in the pack unless a step copied it.
-    """
-    read_fd, write_fd = os.pipe()
-    tail: deque[bytes] = deque(maxlen=5)
-
-    def tee() -> None:
-        pending = b""
-        while chunk := os.read(read_fd, 65536):
-            os.write(2, chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            tail.extend(line for line in lines if line.strip())
-        if pending.strip():
-            tail.append(pending)
-
-    reader = threading.Thread(target=tee, daemon=True)
-    reader.start()
-    mounts = [(HostDir(str(v.host_path), read_only=v.read_only), v.guest_path) for v in
-              sorted(config.volumes, key=lambda v: v.guest_path)]  # fmt: skip
-    try:
-        code = session.run_build_step(
-            ["/bin/sh", "-c", step],
-            env=machine.env,
-            cwd=machine.workdir,
-            stdout_fd=write_fd,
-            stderr_fd=write_fd,
-            channels=ChannelHub([], None, mounts) if mounts else None,
+def _note_unfiltered_egress(progress: Progress) -> None:
+    """Allow lists hold only where an engine filters egress: say which engines do not."""
+    engines = [registry.load(name) for name in registry.names()]
+    filtering = tuple(e.name for e in engines if e.filters_egress)
+    open_ = tuple(e.title for e in engines if not e.filters_egress)
+    if filtering and open_:
+        progress.note(
+            f"network allow lists are enforced by the {registry.spelled(filtering)} engine"
+            f" only; under {registry.spelled(open_)} the guest's egress is unrestricted"
+            " (this build's too), so runs there need --smol-allow-unfiltered-egress"
         )
-    finally:
-        for hostdir, _path in mounts:
-            hostdir.close()
-        os.close(write_fd)
-        reader.join()
-        os.close(read_fd)
-    if code != 0:
-        last = " | ".join(line.decode(errors="replace").strip() for line in tail)
-        raise BuildError(
-            f"init step {number} failed with exit code {code}: {step}"
-            + (f" (last output: {last})" if last else "")
-        )
-
-
-def _keep_console(vm: Vm, progress: Progress) -> None:
-    lines = console_tail(vm.console_log, 15)
-    if lines:
-        progress.note("last lines of the build VM console:")
-        for line in lines:
-            progress.note(f"  {line}")
-
-
-def _qemu_img(*args: str) -> None:
-    if shutil.which("qemu-img") is None:
-        raise HostError("qemu-img not found", hint="install it: apt-get install qemu-utils")
-    res = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise HostError(f"qemu-img {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
 
 
 def input_digest(config: SmolConfig, states: str = "auto") -> str:

@@ -57,6 +57,10 @@ STUB_EXCLUDES = (
     "_strptime", "argparse", "gettext", "difflib", "click", "lief", "PyInstaller",
 )  # fmt: skip
 
+# The create stage's engine-neutral side of saving a state: engines name these only in type
+# annotations (which PyInstaller's scan follows) and import their own save step by name.
+BUILD_EXCLUDES = ("smolpack.engine.saving", "smolpack.build_steps")
+
 # The krun engine's run path, imported only when a run picks krun (krun_engine.start): name
 # them so PyInstaller's import scan, which skips function-level imports it cannot see
 # through, bundles them anyway.
@@ -130,7 +134,7 @@ def stub_key() -> str:
     h.update(
         f"{host_target()} python {sys.version} pyinstaller {PyInstaller.__version__}\n".encode()
     )
-    modules = STUB_EXCLUDES + KRUN_MODULES + ENGINE_MODULES
+    modules = STUB_EXCLUDES + BUILD_EXCLUDES + KRUN_MODULES + ENGINE_MODULES
     h.update(" ".join(modules).encode() + ENTRY_SCRIPT.encode())
     package = Path(smolpack.__file__).resolve().parent
     for path in _sources():
@@ -183,7 +187,7 @@ def _freeze(dest: Path) -> None:
         ]  # fmt: skip
         for module in ENGINE_MODULES + KRUN_MODULES:
             argv += ["--hidden-import", module]
-        for module in STUB_EXCLUDES:
+        for module in STUB_EXCLUDES + BUILD_EXCLUDES:
             argv += ["--exclude-module", module]
         argv += ["--additional-hooks-dir", str(_no_inspect_hook(work / "hooks"))]
         argv.append(str(script))

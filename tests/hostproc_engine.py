@@ -15,6 +15,7 @@ from pathlib import Path
 
 from smolpack.agent.binary import agent_binary
 from smolpack.engine import Vm
+from smolpack.engine.saving import BuildJob, SavedState
 from smolpack.engine.select import EnginePlan, HostFacts
 from smolpack.errors import HostError
 from smolpack.machine import MachineConfig
@@ -57,6 +58,7 @@ class HostProcEngine:
     name = "hostproc"
     title = "host process"
     filters_egress = False
+    saves_states = False  # `create --state` does not list it
 
     def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
         if guest_arch != facts.arch:
@@ -84,6 +86,12 @@ class HostProcEngine:
         vm = HostProcVm(run_dir)
         clock.mark("spawn")
         return vm
+
+    def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
+        return False, "hostproc keeps no state"
+
+    def build_state(self, job: BuildJob) -> SavedState:
+        raise NotImplementedError("hostproc keeps no state")
 
 
 ENGINE = HostProcEngine()

@@ -37,3 +37,18 @@ def test_state_choices_are_listed_in_help() -> None:
     )
     assert res.returncode == 0
     assert "--state [auto|krun|qemu]" in res.stdout
+
+
+@pytest.mark.skipif(HV.usable, reason="this host can build a krun state")
+def test_auto_skips_the_krun_state_here_and_says_why() -> None:
+    from smolpack.build import _states_to_build
+    from smolpack.engine import registry
+
+    savers = [registry.load(name) for name in registry.savers()]
+    builds = [(e.name, why) for e, why in _states_to_build(savers, "auto")]
+    assert builds == [
+        ("krun", f"hardware virtualization unavailable: {HV.reason}; the pack restores under QEMU"),
+        ("qemu", None),
+    ]
+    builds = [(e.name, why) for e, why in _states_to_build(savers, "qemu")]
+    assert builds == [("krun", "--state=qemu"), ("qemu", None)]

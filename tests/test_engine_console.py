@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from smolpack.build import _boot_handshake
+from smolpack.build_steps import boot_handshake
 from smolpack.engine.console import (
     console_tail,
     explain_agent_failure,
@@ -74,7 +74,7 @@ def test_build_handshake_timeout_says_what_the_console_showed(
     vm = SimpleNamespace(agent=host, console_log=log, stop_reason=lambda wait_s=0.0: None)
     try:
         with pytest.raises(AgentTimeout) as info:
-            _boot_handshake(vm, 0.1)  # type: ignore[arg-type]
+            boot_handshake(vm, 0.1)  # type: ignore[arg-type]
     finally:
         host.close()
         silent.close()

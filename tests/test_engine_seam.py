@@ -125,3 +125,23 @@ def test_the_shipped_engines_load_nothing_heavy() -> None:
     for heavy in ("smolpack.engine.qemu", "smolpack.engine.krun", "smolpack.engine.qemu_run",
                   "smolpack.engine.krun_run", "ctypes"):  # fmt: skip
         assert heavy not in loaded, heavy
+
+
+@pytest.mark.usefixtures("hostproc")
+def test_create_state_lists_only_engines_that_save_and_refuses_the_others(
+    tmp_path: Path,
+) -> None:
+    assert registry.savers() == ("krun", "qemu")  # hostproc declares it keeps no state
+    res = CliRunner().invoke(cli_main, ["create", "--help"])
+    assert "--state [auto|krun|qemu]" in res.output
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "Smolfile").write_text('image = "./rootfs"\n')
+    out = tmp_path / "out" / "x.smolmachine"
+    res = CliRunner().invoke(
+        cli_main, ["create", "--state=hostproc", "-o", str(out), str(tmp_path)]
+    )
+    assert res.exit_code == 2
+    assert "Invalid value for '--state': 'hostproc' is not one of 'auto', 'krun', 'qemu'." in (
+        res.output
+    )
+    assert not out.parent.exists()

@@ -486,9 +486,9 @@ def test_the_stub_bundles_every_krun_module_the_run_path_imports() -> None:
 
 @no_guest_here
 def test_create_builds_no_krun_state_here_and_says_why() -> None:
-    from smolpack.build import krun_buildable
+    from smolpack.engine import registry
 
-    ok, why = krun_buildable()
+    ok, why = registry.load("krun").can_save_here("x86_64")
     assert not ok
     assert why == f"hardware virtualization unavailable: {HV.reason}"
 

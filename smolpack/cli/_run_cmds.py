@@ -19,15 +19,27 @@ class EngineChoice(click.Choice):  # type: ignore[type-arg]
     """auto and every engine of the registry, as it is when asked (engines added late too)."""
 
     def __init__(self) -> None:
-        super().__init__(registry.choices())
+        super().__init__(self._current())
+
+    @staticmethod
+    def _current() -> tuple[str, ...]:
+        return registry.choices()
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return registry.choices()
+        return self._current()
 
     @choices.setter
     def choices(self, _value: object) -> None:
         pass
+
+
+class StateChoice(EngineChoice):
+    """`create --state`: auto and every engine of the registry that saves states."""
+
+    @staticmethod
+    def _current() -> tuple[str, ...]:
+        return registry.state_choices()
 
 
 def _is_payload(path: Path) -> bool:
@@ -155,7 +167,7 @@ def run_cmd(
             _forced_engine_usable(engine, GUEST_ARCH)
         progress = Progress(quiet=quiet)
         # A forced engine needs only its own state: build that one (another cache entry).
-        states = engine if engine in registry.SAVES_STATES else "auto"
+        states = engine if engine in registry.savers() else "auto"
         key = input_digest(config, states)
         pack = cached_file(
             "packs",
@@ -208,7 +220,7 @@ def _stub_dir() -> Path | None:
 @click.option(
     "--state",
     "states",
-    type=click.Choice(registry.state_choices()),
+    type=StateChoice(),
     default="auto",
     show_default=True,
     help="Which saved VM states the pack carries. auto: krun's where this host can build it"

@@ -3,7 +3,9 @@
 `engine.registry` names every engine and imports one only when asked for it; `select.plan_run`
 asks each whether it can run a pack here and picks one; the runner then has that engine start
 a `Vm`, and only needs what `Vm` declares: the connected agent channel, the console log, and
-`close`. Nothing is imported here so the launcher loads only what the engine it picked needs.
+`close`. `smolpack create` has every engine that `--state` selects build and save its state
+(`can_save_here`, `build_state`). Nothing is imported here so the launcher loads only what
+the engine it picked needs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from smolpack.engine.saving import BuildJob, SavedState
     from smolpack.engine.select import EnginePlan, HostFacts
     from smolpack.errors import HostError
     from smolpack.machine import MachineConfig
@@ -53,6 +56,8 @@ class Engine(Protocol):
     title: str
     # whether it enforces a pack's egress allow lists (else a run needs the user's consent)
     filters_egress: bool
+    # whether `smolpack create` can save its state (`--state` lists it; `build_state`)
+    saves_states: bool
 
     def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
         """Whether a `guest_arch` guest can run here, and why (not), in a few words."""
@@ -81,4 +86,12 @@ class Engine(Protocol):
         clock: StageClock,
     ) -> Vm:  # fmt: skip
         """Boot or restore the VM `plan` says, its agent channel connected; marks `clock`."""
+        ...
+
+    def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
+        """Whether `smolpack create` can build and save this engine's state here, and why."""
+        ...
+
+    def build_state(self, job: BuildJob) -> SavedState:
+        """Boot the build VM on `job.base`, run the init steps, save it, flatten its disk."""
         ...

@@ -9,6 +9,7 @@ Stdlib only and cheap: `krun`, `krun_run` and libkrun load only when a run picks
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smolpack.engine import Vm
 from smolpack.engine.select import EnginePlan, HostFacts
@@ -17,10 +18,14 @@ from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, StateRef
 from smolpack.stages import StageClock
 
+if TYPE_CHECKING:
+    from smolpack.engine.saving import BuildJob, SavedState
+
 
 class KrunEngine:
     name = "krun"
     title = "krun"
+    saves_states = True
     filters_egress = True
 
     def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
@@ -62,6 +67,28 @@ class KrunEngine:
         vm = start_krun_vm(plan, payload, machine, run_dir, libs=libs)
         clock.mark("spawn")  # libkrun prepares, forks and restores in one call
         return vm
+
+    def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
+        """Whether this host can boot the build VM under libkrun, and why (not)."""
+        from smolpack.host import host_arch, hypervisor_status
+        from smolpack.runtime_libs import find_runtime_libs
+
+        hv = hypervisor_status()
+        if not hv.usable:
+            return False, f"hardware virtualization unavailable: {hv.reason}"
+        if host_arch() != guest_arch:
+            return False, f"the guest is {guest_arch} but this host is {host_arch()}"
+        try:
+            find_runtime_libs()
+        except HostError as err:
+            return False, err.message
+        return True, hv.reason
+
+    def build_state(self, job: BuildJob) -> SavedState:
+        # By name: the launcher stub never saves, and PyInstaller follows `import` statements.
+        module = __import__("smolpack.engine.krun_build", fromlist=["build_krun_state"])
+        saved: SavedState = module.build_krun_state(job)
+        return saved
 
 
 ENGINE = KrunEngine()

@@ -10,6 +10,7 @@ Stdlib only and cheap: `qemu_run` (QEMU, QMP, qcow2) loads only when a run picks
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smolpack.engine import Vm
 from smolpack.engine.select import EnginePlan, HostFacts
@@ -18,10 +19,14 @@ from smolpack.machine import MachineConfig
 from smolpack.payload import Payload, StateRef
 from smolpack.stages import StageClock
 
+if TYPE_CHECKING:
+    from smolpack.engine.saving import BuildJob, SavedState
+
 
 class QemuEngine:
     name = "qemu"
     title = "QEMU"
+    saves_states = True
     filters_egress = False
 
     def usable(self, guest_arch: str, facts: HostFacts) -> tuple[bool, str]:
@@ -61,6 +66,16 @@ class QemuEngine:
         from smolpack.engine.qemu_run import start_qemu_vm
 
         return start_qemu_vm(plan, payload, machine, run_dir, clock)
+
+    def can_save_here(self, guest_arch: str) -> tuple[bool, str]:
+        # Saved under TCG: any host with QEMU (a missing one fails the build, saying so).
+        return True, "QEMU saves under TCG"
+
+    def build_state(self, job: BuildJob) -> SavedState:
+        # By name: the launcher stub never saves, and PyInstaller follows `import` statements.
+        module = __import__("smolpack.engine.qemu_build", fromlist=["build_qemu_state"])
+        saved: SavedState = module.build_qemu_state(job)
+        return saved
 
 
 ENGINE = QemuEngine()

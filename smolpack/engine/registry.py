@@ -1,8 +1,10 @@
-"""Every engine, by name (run stage): the one list `--engine`, `--state`, the planner and
-`doctor` read. Adding an engine is its own module (defining `ENGINE`, an `engine.Engine`)
-plus one line here. An engine's module is imported only when something asks for it.
+"""Every engine, by name (run stage): the one list `--engine`, `--state`, the planner,
+`doctor` and `smolpack create` read. Adding an engine is its own module (defining `ENGINE`,
+an `engine.Engine`) plus one line here. An engine's module is imported only when something
+asks for it.
 
-Order is `auto`'s preference: the first engine that can run a pack here runs it.
+Order is `auto`'s preference: the first engine that can run a pack here runs it. It is also
+the order `create` builds states in: the last one's flattened disk is the pack's `disk`.
 Stdlib only: the launcher imports this module.
 """
 
@@ -17,8 +19,6 @@ ENGINES: dict[str, str] = {
     "qemu": "smolpack.engine.qemu_engine",
 }
 AUTO = "auto"
-# Engines whose state `smolpack create` can save (build.py: the save paths): `--state`.
-SAVES_STATES = ("krun", "qemu")
 # What to do when no engine can run a pack here (the planner's and doctor's hint).
 NO_ENGINE_HINT = "install QEMU (apt-get install qemu-system-x86) or run on a host with KVM"
 
@@ -32,8 +32,14 @@ def choices() -> tuple[str, ...]:
     return (AUTO, *ENGINES)
 
 
+def savers() -> tuple[str, ...]:
+    """The engines whose state `smolpack create` can save (`Engine.saves_states`), in order."""
+    return tuple(name for name in ENGINES if load(name).saves_states)
+
+
 def state_choices() -> tuple[str, ...]:
-    return (AUTO, *SAVES_STATES)
+    """What `create --state` accepts: auto, then every engine that saves states."""
+    return (AUTO, *savers())
 
 
 def spelled(words: tuple[str, ...]) -> str:
