@@ -402,15 +402,20 @@ def test_256_mib_copies_byte_exact_in_bounded_memory(
 
 
 def test_two_runs_share_one_directory_at_once(
-    qemu_pack: Path, e2e_env: dict[str, str], tmp_path: Path
+    test_pack: Path, engine_env: dict[str, str], tmp_path: Path
 ) -> None:
+    # Each run writes its file, then waits (up to 5 min: starts are slow in the lane's L1)
+    # for the other's while both are alive: neither write may be lost or unseen.
     def one(i: int) -> subprocess.CompletedProcess[bytes]:
-        script = f"echo {i} > /s/run-{i}; sleep 1; cat /s/run-{1 - i}"
-        return run_in(qemu_pack, e2e_env, "-v", f"{tmp_path}:/s", script=script)
+        script = (
+            f"echo {i} > /s/run-{i}; n=0; while [ ! -s /s/run-{1 - i} ] && [ $n -lt 3000 ];"
+            f" do sleep 0.1; n=$((n + 1)); done; cat /s/run-{1 - i}; sleep 1; ls /s"
+        )
+        return run_in(test_pack, engine_env, "-v", f"{tmp_path}:/s", script=script)
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, [0, 1]))
-    assert [r.stdout for r in results] == [b"1\n", b"0\n"]
+    assert [r.stdout for r in results] == [b"1\nrun-0\nrun-1\n", b"0\nrun-0\nrun-1\n"]
 
 
 def test_cwd_is_shared_at_the_same_path(
