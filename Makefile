@@ -53,9 +53,9 @@ guest:
 	$(MAKE) -C guest
 
 # The krun engine needs a real KVM; ours is kvm_pvm. `kvm-test` boots L1 machines with a
-# nested KVM (QEMU TCG emulating AMD SVM: tests/kvm_lane/l1.py) and runs there the shared
-# e2e tests under krun, a restore stress loop, and a restore on another CPU model. The
-# launcher stub is built here first (PyInstaller under emulation takes minutes).
+# nested KVM (QEMU TCG emulating AMD SVM: tests/kvm_lane/l1.py), two side by side, and runs
+# there the shared e2e tests under krun, a restore stress loop, and a restore on another
+# CPU model. The launcher stub is built here first (PyInstaller under emulation takes minutes).
 kvm-test: .deps-installed
 	$(SMOLPACK) stub build -q -o out/stubs/linux-x86_64/smolstub
 	SMOLPACK_STUB_DIR=$(CURDIR)/out/stubs $(PYTHON) -m pytest -q -s -p no:cacheprovider \
