@@ -176,6 +176,30 @@ def test_signal_forwarded_from_a_signal_handler(agent: Agent, tmp_path: Path) ->
     assert time.monotonic() - started < 5
 
 
+def test_the_program_starts_with_no_signal_ignored(agent_path: Path, tmp_path: Path) -> None:
+    # exec keeps ignored signals ignored: an agent started from a background job (SIGINT,
+    # SIGQUIT ignored) or ignoring SIGPIPE itself must not hand that on. Was: `sleep` kept
+    # ignoring the forwarded SIGINT when the suite ran as a background job.
+    def ignore() -> None:
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen(
+        [str(agent_path), "--port-fd", str(guest.fileno())], pass_fds=[guest.fileno()],
+        preexec_fn=ignore,
+    )  # fmt: skip
+    guest.close()
+    session = handshake(host, timeout_s=5)
+    try:
+        res = run(session, tmp_path, req("grep", "SigIgn", "/proc/self/status"))
+    finally:
+        session.close()
+        host.close()
+        assert proc.wait(timeout=5) == 0
+    assert (res.code, res.out.split()) == (0, [b"SigIgn:", b"0000000000000000"])
+
+
 def test_tty_mode_gets_a_pty_with_the_size_and_resize(agent: Agent, tmp_path: Path) -> None:
     old = signal.signal(signal.SIGALRM, lambda *_: agent.session.resize(50, 132))
     signal.setitimer(signal.ITIMER_REAL, 0.3)

@@ -785,7 +785,11 @@ static void start_run(const uint8_t *body, uint32_t len) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
+        /* Every disposition back to default: exec keeps *ignored* signals ignored, and our
+         * own start (SIGPIPE here; SIGINT/SIGQUIT when an agent is started from a background
+         * job) must not leak into the program. */
+        for (int s = 1; s < NSIG; s++)
+            if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
         if (tty) {
             setsid();
             ioctl(child_in, TIOCSCTTY, 0);
