@@ -197,7 +197,10 @@ def test_the_program_starts_with_no_signal_ignored(agent_path: Path, tmp_path: P
         session.close()
         host.close()
         assert proc.wait(timeout=5) == 0
-    assert (res.code, res.out.split()) == (0, [b"SigIgn:", b"0000000000000000"])
+    assert res.code == 0 and res.out.startswith(b"SigIgn:"), res
+    # Signals 1-31 (bit n-1 is signal n). 32 and up are libc's: glibc refuses to set 32/33
+    # and every program's libc installs its own handlers there.
+    assert int(res.out.split()[1], 16) & 0x7FFF_FFFF == 0, res.out
 
 
 def test_tty_mode_gets_a_pty_with_the_size_and_resize(agent: Agent, tmp_path: Path) -> None:
