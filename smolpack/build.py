@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from smolpack import __version__
 from smolpack.agent.binary import agent_binary
 from smolpack.disk import build_ext4
-from smolpack.engine import Engine, registry
+from smolpack.engine import registry
+from smolpack.engine.interface import Engine
 from smolpack.engine.qemu import AGENT_GUEST_PATH, KERNEL_CMDLINE
 from smolpack.engine.saving import BuildJob, SavedState
 from smolpack.errors import HostError, SmolfileError

@@ -15,8 +15,8 @@ from collections import deque
 
 from smolpack.agent.channels import ChannelHub
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.engine import Vm
 from smolpack.engine.console import console_tail, explain_agent_failure
+from smolpack.engine.interface import Vm
 from smolpack.errors import AgentError, BuildError, HostError
 from smolpack.hostdir import HostDir
 from smolpack.machine import MachineConfig

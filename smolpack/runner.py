@@ -27,8 +27,9 @@ from pathlib import Path
 
 from smolpack.agent import protocol as p
 from smolpack.agent.session import AgentSession, handshake
-from smolpack.engine import Vm, registry
+from smolpack.engine import registry
 from smolpack.engine.console import console_tail, explain_agent_failure
+from smolpack.engine.interface import Vm
 from smolpack.engine.select import EnginePlan, HostFacts, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status

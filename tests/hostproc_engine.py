@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from smolpack.agent.binary import agent_binary
-from smolpack.engine import Vm
+from smolpack.engine.interface import Vm
 from smolpack.engine.saving import BuildJob, SavedState
 from smolpack.engine.select import EnginePlan, HostFacts
 from smolpack.errors import HostError

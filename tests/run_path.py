@@ -19,7 +19,8 @@ SMOLPACK_MODULES = {
     "smolpack.engine",
     "smolpack.engine.console",
     "smolpack.engine.console_log",
-    "smolpack.engine.disk_refs",  # RAM pages rebuilt from the disk (first run of a pack)
+    "smolpack.engine.disk_refs",
+    "smolpack.engine.interface",  # RAM pages rebuilt from the disk (first run of a pack)
     "smolpack.engine.krun_engine",
     "smolpack.engine.qcow2",
     "smolpack.engine.qemu",

@@ -72,3 +72,23 @@ def test_host_resources_load_for_a_run_that_has_them(tmp_path: Path) -> None:
     pack = write_fake_pack(tmp_path / "s.smolmachine", secrets=[["TOKEN", "env", "PATH"]])
     loaded = loaded_by_a_run(pack, tmp_path)
     assert "smolpack.host_resources" in loaded
+
+
+def test_launcher_options_alone_load_no_engine_interface() -> None:
+    # `--smol-version`/`--smol-help` answer before any run: option parsing reads the engine
+    # registry for `--smol-engine`'s choices and must not load the interface (typing,
+    # socket, pathlib). Was: the engine package's __init__ held it, and `./tool
+    # --smol-version` took 111 ms instead of 65 (bench_launcher).
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import smolpack.launcher as l;"
+        " l.parse_args(['--smol-version', '--smol-engine=krun'], {});"
+        " print(sorted(m for m in sys.modules if m.startswith('smolpack')"
+        " or m in ('typing', 'socket', 'pathlib')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str(
+        ["smolpack", "smolpack.engine", "smolpack.engine.registry", "smolpack.errors",
+         "smolpack.launcher"]
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from smolpack.engine.console_log import read_tail
 from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, SmolpackError, VmStopped
 
 if TYPE_CHECKING:
-    from smolpack.engine import Vm
+    from smolpack.engine.interface import Vm
 
 _LINE_MAX = 200  # characters of a console line quoted in a one-line error
 _PANIC = "Kernel panic - not syncing: "

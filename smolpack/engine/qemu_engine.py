@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smolpack.engine import Vm
+from smolpack.engine.interface import Vm
 from smolpack.engine.select import EnginePlan, HostFacts
 from smolpack.errors import HostError
 from smolpack.machine import MachineConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: the launcher's start must not pay for it
 if TYPE_CHECKING:
-    from smolpack.engine import Engine
+    from smolpack.engine.interface import Engine
 
 ENGINES: dict[str, str] = {
     "krun": "smolpack.engine.krun_engine",

@@ -32,7 +32,7 @@ from smolpack.host import KvmStatus
 from smolpack.payload.manifest import StateRef
 
 if TYPE_CHECKING:
-    from smolpack.engine import Engine
+    from smolpack.engine.interface import Engine
 
 LAUNCHER_FLAG = "--smol-engine"  # a packed tool's option
 CLI_FLAG = "--engine"  # `smolpack run`'s option
