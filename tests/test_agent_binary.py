@@ -41,6 +41,17 @@ def test_env_var_sets_the_cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert agent_binary().is_relative_to(tmp_path / "agent" / "x86_64")
 
 
+def test_xdg_cache_home_sets_the_cache_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same root as every other cache entry (smolpack.cache.cache_root).
+    monkeypatch.delenv("SMOLPACK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    binary = agent_binary()
+    assert binary.parent == tmp_path / "smolpack" / "agent" / "x86_64"
+    assert binary.read_bytes()[:4] == b"\x7fELF"
+
+
 def test_compile_error_is_host_error_and_leaves_nothing(tmp_path: Path) -> None:
     src = tmp_path / "guest"
     src.mkdir()

@@ -3,7 +3,8 @@
 Compiles `smolpack/_guest/agent.c` (formats/agent-protocol.md; package data, so it ships in
 the wheel) for a guest architecture into a cache keyed by the sha256 of the source, the
 compiler's identity and the flags, so the packer pays the ~0.3 s compile once per change.
-The cache code is private and tiny on purpose: it moves to the shared `smolpack.cache` later.
+The cache root is the shared one (`smolpack.cache.cache_root`: `SMOLPACK_CACHE_DIR`, else
+`$XDG_CACHE_HOME/smolpack`, else `~/.cache/smolpack`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import smolpack
+from smolpack.cache import cache_root
 from smolpack.errors import HostError, UsageError
 
 # Keep in step with guest/Makefile.
@@ -61,11 +63,6 @@ def find_compiler(arch: str) -> str:
     raise HostError(f"no C compiler for the {arch} guest agent", hint=_hint(arch))
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("SMOLPACK_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "smolpack"
-
-
 def _build_key(source_dir: Path, compiler: str) -> str:
     digest = hashlib.sha256()
     for path in sorted(source_dir.glob("*.[ch]")):
@@ -93,7 +90,7 @@ def agent_binary(
         )
     compiler = find_compiler(arch)
     key = _build_key(source_dir, compiler)
-    out_dir = (cache_dir or _cache_root()) / "agent" / arch
+    out_dir = (cache_dir or cache_root()) / "agent" / arch
     target = out_dir / f"agent-{key[:32]}"
     if target.is_file():
         return target
