@@ -16,15 +16,12 @@ about real hardware; the ratios are what to read.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _restore_vs_cold import ROOT, alternate, bench_pack, first_byte, run_cmd
+
 sys.path.insert(0, str(ROOT))
 
 from smolpack.stages import PREFIX, parse_line  # noqa: E402
@@ -34,15 +31,7 @@ TO_READY = ("verify", "plan", "prepare", "spawn", "load", "handshake")
 
 def one_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(seconds to the first output byte, seconds from opening the pack to the agent ready)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
-    first = proc.stdout.read(1)
-    took = time.perf_counter() - start
-    proc.stdout.read()
-    err = proc.stderr.read().decode(errors="replace")
-    if proc.wait() != 0 or first != b"r":
-        raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {proc.returncode}): {err}")
+    took, err = first_byte(cmd, env, stderr=True)
     lines = [x for x in err.splitlines() if x.startswith(PREFIX)]
     if not lines:
         raise SystemExit(f"bench: no stages line in: {err}")
@@ -57,22 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     rounds = parser.parse_args().rounds
-    with tempfile.TemporaryDirectory(prefix="bench-krun-") as tmp:
-        work = Path(tmp)
-        env = {**os.environ, "SMOLPACK_CACHE_DIR": str(work / "cache")}
-        subprocess.run([ROOT / "examples/make-busybox-rootfs.sh", work / "rootfs"], check=True)
-        (work / "Smolfile").write_text(
-            'image = "./rootfs"\nentrypoint = ["/bin/sh", "-c"]\nmemory = 256\n'
-            'init = ["echo warm > /root/warm"]\n'
-        )
-        pack = work / "bench.smolmachine"
-        smolpack = [sys.executable, "-m", "smolpack"]
-        t_create = time.perf_counter()
-        # krun's state only: QEMU's build VM (TCG inside the emulated L1) does not boot there
-        # (the guest kernel reboots; open), so QEMU restore is not compared in this lane.
-        create = [*smolpack, "create", "-q", "--state=krun", "-o", pack, work]
-        subprocess.run(create, check=True, env=env)
-        t_create = time.perf_counter() - t_create
+    # krun's state only: QEMU's build VM (TCG inside the emulated L1) does not boot there
+    # (the guest kernel reboots; open), so QEMU restore is not compared in this lane.
+    with bench_pack("bench-krun-", ["--state=krun"]) as (pack, env, t_create):
         from smolpack.engine.krun_state import MemoryMap
         from smolpack.payload import open_payload
 
@@ -87,16 +63,11 @@ def main() -> None:
             f" {data.stored_size / 2**20:.1f} MiB in {len(mmap.extents)} extents"
         )
         kinds = {
-            "krun restore": ["--engine=krun"],
-            "krun cold boot": ["--engine=krun", "--cold"],
+            "krun restore": run_cmd(pack, ["--debug", "--engine=krun"]),
+            "krun cold boot": run_cmd(pack, ["--debug", "--engine=krun", "--cold"]),
         }
-        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-        for flags in kinds.values():  # warm the caches (kernel, memory image, base disk)
-            one_run([*smolpack, "run", "--debug", *flags, str(pack), "--", "echo ready"], env)
-        for _ in range(rounds):
-            for kind, flags in kinds.items():
-                cmd = [*smolpack, "run", "--debug", *flags, str(pack), "--", "echo ready"]
-                runs[kind].append(one_run(cmd, env))
+        # Warm the caches (kernel, memory image, base disk) with one run of each.
+        runs = alternate(kinds, rounds, lambda cmd: one_run(cmd, env), warm=kinds)
     med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
            for k, v in runs.items()}  # fmt: skip
     print(f"{rounds} rounds, alternating, inside L1 (QEMU under TCG there, krun under KVM)")
