@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -48,7 +49,8 @@ class L1Run:
         if share is not None:
             args += ["--share", str(share)]
         env = {**os.environ, "SMOLPACK_STUB_DIR": str(STUBS)}
-        self.name, self.lines = name, []  # type: ignore[var-annotated]
+        self.name = name
+        self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [*args, "--", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=REPO,
@@ -71,8 +73,15 @@ class L1Run:
         return code, "".join(self.lines)
 
 
+class Lane(NamedTuple):
+    """What the shards' L1 machines left: their results and the stress pack."""
+
+    shards: dict[str, tuple[int, str]]  # shard name -> (exit code, output) of its L1
+    stress_tool: Path  # the stress pack (shard B), in the directory shared with the host
+
+
 @pytest.fixture(scope="module")
-def lane(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str] | Path]:
+def lane(tmp_path_factory: pytest.TempPathFactory) -> Lane:
     """Shards A and B side by side; the stress pack lands in a directory shared with the host
     (exec'd from L1's own /tmp: a 9p share cannot exec it)."""
     shared = tmp_path_factory.mktemp("shared")
@@ -90,31 +99,27 @@ def lane(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str] 
             share=shared,
         ),
     }
-    results: dict[str, tuple[int, str] | Path] = {n: r.wait() for n, r in runs.items()}
-    results["stress-tool"] = shared / "stress-tool"
-    return results
+    return Lane(shards={n: r.wait() for n, r in runs.items()}, stress_tool=shared / "stress-tool")
 
 
-def test_the_krun_e2e_tests_pass_in_l1(lane: dict[str, tuple[int, str] | Path]) -> None:
+def test_the_krun_e2e_tests_pass_in_l1(lane: Lane) -> None:
     for shard in SHARDS:
-        code, out = lane[shard]  # type: ignore[misc]
+        code, out = lane.shards[shard]
         assert "e2e-exit=0" in out, f"the krun e2e tests failed in L1 {shard} (output above)"
         summary = [line for line in out.splitlines() if re.search(r"\d+ passed", line)]
         assert summary, f"no pytest summary line from L1 {shard}"
         assert not re.search(r"skipped|failed|error", summary[-1]), summary[-1]
 
 
-def test_dozens_of_restores_in_a_row_never_hang(lane: dict[str, tuple[int, str] | Path]) -> None:
-    _, out = lane["B"]  # type: ignore[misc]
+def test_dozens_of_restores_in_a_row_never_hang(lane: Lane) -> None:
+    _, out = lane.shards["B"]
     assert "stress-exit=0" in out, "a restore hung or gave the wrong output (output above)"
     assert f"stress: {STRESS_ROUNDS} rounds ok, 0 failed" in out
 
 
-def test_a_state_from_another_cpu_model_boots_cold_and_says_why(
-    lane: dict[str, tuple[int, str] | Path],
-) -> None:
-    tool = lane["stress-tool"]
-    assert isinstance(tool, Path) and tool.is_file(), "the stress pack was not handed back"
+def test_a_state_from_another_cpu_model_boots_cold_and_says_why(lane: Lane) -> None:
+    tool = lane.stress_tool
+    assert tool.is_file(), "the stress pack was not handed back"
     # EPYC has SVM (so L1 still has KVM) but far fewer features than `max`.
     run = f"{sys.executable} -m smolpack run --engine=krun {tool} -- 'echo ran; exit 5'"
     code, out = L1Run("C", run, cpu="EPYC,+svm", smp=2, share=tool.parent).wait()
