@@ -65,25 +65,31 @@ KILLED = {
 STATE = {"qemu": "qemu-x86_64/migration", "krun": "krun-x86_64/memory.data"}
 
 
-def vmm_pids(engine: str, marker: str = "") -> set[int]:
-    """The VMM processes of `engine` running now (QEMU, or krun's forked VMM child); with
-    `marker`, only those whose command line or environment has it."""
-    if engine == "qemu":
-        return qemu_pids(marker)
+def _proc_pids(comm: Callable[[str], bool], marker: str, files: tuple[str, ...]) -> set[int]:
+    """Processes running now whose name (/proc/PID/comm) passes `comm` and whose `files`
+    (under /proc/PID, read one after the other) contain `marker`; a process any of whose
+    files cannot be read does not count."""
     pids = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if Path(f"/proc/{entry}/comm").read_text().strip() not in VMM_COMMS:
+            if not comm(Path(f"/proc/{entry}/comm").read_text().strip()):
                 continue
-            seen = Path(f"/proc/{entry}/cmdline").read_bytes()
-            seen += Path(f"/proc/{entry}/environ").read_bytes()
+            seen = b"".join(Path(f"/proc/{entry}/{name}").read_bytes() for name in files)
         except OSError:
             continue
         if marker.encode() in seen:
             pids.add(int(entry))
     return pids
+
+
+def vmm_pids(engine: str, marker: str = "") -> set[int]:
+    """The VMM processes of `engine` running now (QEMU, or krun's forked VMM child); with
+    `marker`, only those whose command line or environment has it."""
+    if engine == "qemu":
+        return qemu_pids(marker)
+    return _proc_pids(VMM_COMMS.__contains__, marker, ("cmdline", "environ"))
 
 
 def vmm_rss_kib(pid: int) -> int:
@@ -95,24 +101,9 @@ def vmm_rss_kib(pid: int) -> int:
 def qemu_pids(marker: str = "") -> set[int]:
     """QEMU processes running now; with `marker`, only those whose command line has it
     (the session's temp dir), so other test runs on the same machine do not count."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            except OSError:
-                continue
-            if not comm.startswith("qemu-system"):
-                continue
-            if marker:
-                try:
-                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if marker.encode() not in cmdline:
-                    continue
-            pids.add(int(entry))
-    return pids
+    # Without a marker the command line is not read: it need not be readable.
+    files = ("cmdline",) if marker else ()
+    return _proc_pids(lambda comm: comm.startswith("qemu-system"), marker, files)
 
 
 def rewrite_pack(
