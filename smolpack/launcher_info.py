@@ -2,13 +2,18 @@
 
 Run stage, read-only: opens the payload (header + index only), describes the machine and
 asks `engine.select.plan_run` the same question a real run asks, without starting anything.
+Like a run, it then asks the engine whether the planned state can restore on this host: a
+state saved on another CPU, or by another QEMU, boots cold, and the engine line says why.
+Not known here: a state whose sections fail verification (a run hashes them first) or that
+fails to load (a run then boots cold too).
 """
 
 from __future__ import annotations
 
 import shlex
 
-from smolpack.engine.select import plan_run
+from smolpack.engine import registry
+from smolpack.engine.select import cold_instead, plan_run
 from smolpack.errors import HostError
 from smolpack.machine import MachineConfig
 from smolpack.payload import open_payload
@@ -22,12 +27,16 @@ def info_text(path: str, engine: str, cold: bool) -> str:
         info = describe(payload)
         manifest = payload.manifest()
         facts = host_facts(payload)
+        try:
+            plan = plan_run(manifest, facts, requested=engine, cold=cold)
+            if plan.state is not None:  # as a run does (runner._start): known before trying
+                blocker = registry.load(plan.engine).restore_blocker(plan, payload)
+                if blocker is not None:
+                    plan = cold_instead(plan, manifest, facts, blocker)
+            how = plan.reason
+        except HostError as err:
+            how = f"none: {err.message}"
     machine = MachineConfig.from_dict(manifest.machine, label=path)
-    try:
-        plan = plan_run(manifest, facts, requested=engine, cold=cold)
-        how = plan.reason
-    except HostError as err:
-        how = f"none: {err.message}"
     default_run = shlex.join(machine.argv([])) or "(nothing: give a command)"
     lines = [
         render_text(info),

@@ -64,10 +64,15 @@ def allocated(path: Path) -> int:
 
 
 def write_fake_pack(
-    path: Path, *, disk: bytes = b"smolpack test disk\n" * 64, **machine: object
+    path: Path,
+    *,
+    disk: bytes = b"smolpack test disk\n" * 64,
+    recorded: dict[str, str] | None = None,
+    **machine: object,
 ) -> Path:
     """A well-formed pack with a real machine config whose kernel, disk and state are not
-    bootable: for launcher paths that stop before a VM starts (info, integrity, errors)."""
+    bootable: for launcher paths that stop before a VM starts (info, integrity, errors).
+    `recorded`: what its QEMU state says about the QEMU that saved it (none by default)."""
     from smolpack.payload import PayloadWriter, SectionKind
     from smolpack.payload.layout import Codec
 
@@ -93,6 +98,7 @@ def write_fake_pack(
                 host_arch="x86_64",
                 host_os="linux",
                 sections=("qemu-x86_64/migration",),
+                recorded=recorded or {},
             ),  # fmt: skip
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smolpack.engine.select import HostFacts, plan_run
+from smolpack.engine.select import HostFacts, cold_instead, plan_run
 from smolpack.errors import HostError, UsageError
 from smolpack.host import KvmStatus
 from smolpack.payload import Manifest, StateRef
@@ -81,6 +81,16 @@ def test_qemu_restore_stays_on_tcg_even_with_kvm() -> None:
     plan = plan_run(manifest(QEMU_STATE), facts(KVM), requested="qemu", cold=False)
     assert (plan.engine, plan.accel, plan.state) == ("qemu", "tcg", QEMU_STATE)
     assert plan.reason == "qemu (tcg), restoring qemu-x86_64: requested"
+
+
+def test_a_state_that_cannot_restore_here_boots_cold_on_the_same_engine() -> None:
+    plan = plan_run(manifest(QEMU_STATE), facts(KVM), requested="qemu", cold=False)
+    cold = cold_instead(plan, manifest(QEMU_STATE), facts(KVM), "it was saved by QEMU 8.2.2")
+    # Booting, QEMU may use KVM (a restore stays on TCG); the why and the flag stay the plan's.
+    assert (cold.engine, cold.accel, cold.state, cold.flag) == ("qemu", "kvm", None, plan.flag)
+    assert cold.reason == (
+        "qemu (kvm), cold boot (not restoring qemu-x86_64: it was saved by QEMU 8.2.2): requested"
+    )
 
 
 def test_cold_never_restores() -> None:

@@ -17,9 +17,13 @@ from pathlib import Path
 import pytest
 from payload_helpers import REPO, VECTORS, write_fake_pack
 
-from smolpack import __version__
+from smolpack import __version__, runner
+from smolpack.engine.qemu import CPU_MODEL, MACHINE
+from smolpack.engine.select import HostFacts
 from smolpack.errors import UsageError
+from smolpack.host import KvmStatus
 from smolpack.launcher import LaunchOptions, parse_args
+from smolpack.launcher_info import info_text
 
 SAMPLE = VECTORS / "valid" / "sample.smolmachine"
 
@@ -169,6 +173,42 @@ def test_info_when_forced_engine_cannot_run(pack: Path) -> None:
     assert res.stdout.splitlines()[-1] == (
         "engine    none: qemu-system-x86_64 not found on PATH;"
         " install QEMU or use --smol-engine=krun"
+    )
+
+
+def _engine_line(
+    pack: Path, fake_qemu: Path, qemu_version: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The --smol-info engine line on a pinned host: no hardware virtualization (so QEMU),
+    whose qemu-system-x86_64 is a script that says `qemu_version`."""
+    fake_qemu.parent.mkdir()
+    fake_qemu.write_text(f"#!/bin/sh\necho 'QEMU emulator version {qemu_version}'\n")
+    fake_qemu.chmod(0o755)
+    facts = HostFacts(
+        arch="x86_64", os="linux", hypervisor=KvmStatus(False, "/dev/kvm does not exist"),
+        libkrun=None, qemu=str(fake_qemu),
+    )  # fmt: skip
+    monkeypatch.setattr(runner, "host_facts", lambda payload: facts)
+    text = info_text(str(pack), "auto", cold=False)
+    (line,) = [x for x in text.splitlines() if x.startswith("engine ")]
+    return line
+
+
+def test_info_says_restore_or_cold_boot_as_a_run_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMOLPACK_CACHE_DIR", str(tmp_path / "cache"))  # QEMU's version, cached
+    recorded = {"qemu_version": "8.2.2", "machine": MACHINE, "cpu": CPU_MODEL}
+    pack = write_fake_pack(tmp_path / "fake.smolmachine", recorded=recorded)
+    why = "hardware virtualization unavailable: /dev/kvm does not exist"
+    # The QEMU that saved the state (a later patch release of its series): a restore.
+    assert _engine_line(pack, tmp_path / "a" / "qemu-system-x86_64", "8.2.5", monkeypatch) == (
+        f"engine    qemu (tcg), restoring qemu-x86_64: {why}"
+    )
+    # Another QEMU: the run would not restore but boot cold, and says why.
+    assert _engine_line(pack, tmp_path / "b" / "qemu-system-x86_64", "7.2.0", monkeypatch) == (
+        "engine    qemu (tcg), cold boot (not restoring qemu-x86_64: it was saved by QEMU"
+        f" 8.2.2, this host has 7.2.0): {why}"
     )
 
 

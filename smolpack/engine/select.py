@@ -126,8 +126,26 @@ def plan_run(
     raise NoEngine(skipped)
 
 
+def cold_instead(plan: EnginePlan, manifest: Guest, facts: HostFacts, blocker: str) -> EnginePlan:
+    """What a run does when `plan`'s state cannot restore here: the same engine, booting cold.
+
+    `blocker` is the engine's one clause why (`Engine.restore_blocker`, which reads the pack
+    and this host, so it is not asked here); the reason says so.
+    """
+    assert plan.state is not None
+    not_restoring = f"not restoring {plan.state.name}: {blocker}"
+    engine = registry.load(plan.engine)
+    return _plan(engine, manifest, facts, plan.why, True, plan.flag, not_restoring)
+
+
 def _plan(
-    engine: Engine, manifest: Guest, facts: HostFacts, why: str, cold: bool, flag: str
+    engine: Engine,
+    manifest: Guest,
+    facts: HostFacts,
+    why: str,
+    cold: bool,
+    flag: str,
+    not_restoring: str = "",
 ) -> EnginePlan:
     state = None if cold else _state_for(engine, manifest, facts)
     label, accel, binary = engine.setup(manifest.guest_arch, facts, state)
@@ -136,7 +154,7 @@ def _plan(
         accel=accel,
         qemu=binary,
         state=state,
-        reason=_reason(label, state, why, cold),
+        reason=_reason(label, state, why, cold, not_restoring),
         flag=flag,
         label=label,
         why=why,
@@ -151,9 +169,11 @@ def _state_for(engine: Engine, manifest: Guest, facts: HostFacts) -> StateRef | 
     return None
 
 
-def _reason(label: str, state: StateRef | None, why: str, cold: bool) -> str:
+def _reason(label: str, state: StateRef | None, why: str, cold: bool, not_restoring: str) -> str:
     if state is not None:
         how = f"restoring {state.name}"
+    elif not_restoring:
+        how = f"cold boot ({not_restoring})"
     elif cold:
         how = "cold boot (requested)"
     else:
