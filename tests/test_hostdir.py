@@ -1,5 +1,6 @@
-"""hostdir.HostDir against the FUSE wire format (linux/fuse.h), without a VM: confinement,
-ownership, read-only, and requests split across feeds (formats/agent-protocol.md 5.8)."""
+"""hostdir.server.HostDir against the FUSE wire format (linux/fuse.h), without a VM:
+confinement, ownership, read-only, and requests split across feeds (formats/agent-protocol.md
+5.8)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from smolpack import hostdir as h
+from smolpack.hostdir import server as h
 
 
 class Client:
