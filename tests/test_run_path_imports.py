@@ -27,6 +27,7 @@ HOST_RESOURCES = {
     "smolpack.agent.channels",
     "smolpack.host_resources",
     "smolpack.hostdir",
+    "smolpack.hostdir.fuse_wire",
     "smolpack.hostdir.server",
 }
 

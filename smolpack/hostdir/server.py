@@ -3,7 +3,7 @@
 The guest agent mounts FUSE at the guest path (MOUNT, formats/agent-protocol.md 5.8) and
 relays the kernel's requests over a channel; `HostDir.feed` answers them here, on the
 host, as the invoking user, so files the guest creates belong to that user. The wire format
-is the kernel's own (linux/fuse.h, protocol 7.31 subset); one struct per request below.
+is the kernel's own (`fuse_wire`); one handler per opcode below.
 
 Confinement: every node is an O_PATH fd reached one name at a time from the shared root
 with O_NOFOLLOW (`.`/`..`/`/` in names refused), and files are reopened through
@@ -22,31 +22,16 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from smolpack.hostdir import fuse_wire as w
+
 MAX_WRITE = 128 * 1024  # negotiated in INIT; the agent's read buffer is 256 KiB
 TTL_S = 1  # how long the guest may cache names and attributes (others may share the dir)
 
-IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
-OUT_HEADER = struct.Struct("<IiQ")  # len error unique
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr, 88 bytes
-ENTRY_HEAD = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid nsecs
-ATTR_HEAD = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy
-INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")  # fuse_init_out, 64 bytes
-SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")  # fuse_setattr_in, 88 bytes
-RW_IN = struct.Struct("<QQIIQII")  # fuse_read_in / fuse_write_in, 40 bytes
-DIRENT = struct.Struct("<QQII")  # ino off namelen type
-
-# Opcodes (linux/fuse.h).
-LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
-MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE = 8, 9, 10, 11, 12, 13, 14, 15, 16
-STATFS, RELEASE, FSYNC, FLUSH, INIT, OPENDIR, READDIR = 17, 18, 20, 25, 26, 27, 28
-RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY = 29, 30, 34, 35, 36, 38
-BATCH_FORGET, RENAME2 = 42, 45
-_NO_REPLY = (FORGET, BATCH_FORGET, INTERRUPT)
-_WRITES = (SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, CREATE, RENAME2, WRITE)
-
-FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
-FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
-FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES = 1 << 0, 1 << 5, 1 << 22
+# Opcodes a read-only mount refuses (`open` refuses write flags itself).
+_WRITES = (
+    w.SETATTR, w.SYMLINK, w.MKNOD, w.MKDIR, w.UNLINK, w.RMDIR, w.RENAME, w.LINK, w.CREATE,
+    w.RENAME2, w.WRITE,
+)  # fmt: skip
 
 
 class _Err(Exception):
@@ -92,7 +77,7 @@ class HostDir:
     @property
     def pending(self) -> bool:
         """Whether a complete request waits for `feed` (held back by `max_out`)."""
-        if len(self._buf) < IN_HEADER.size:
+        if len(self._buf) < w.IN_HEADER.size:
             return False
         length: int = struct.unpack_from("<I", self._buf)[0]
         return len(self._buf) >= length
@@ -114,9 +99,9 @@ class HostDir:
         self._buf += data
         out = bytearray()
         done = 0
-        while len(self._buf) >= IN_HEADER.size and len(out) < max_out:
+        while len(self._buf) >= w.IN_HEADER.size and len(out) < max_out:
             length = struct.unpack_from("<I", self._buf)[0]
-            if length < IN_HEADER.size or len(self._buf) < length:
+            if length < w.IN_HEADER.size or len(self._buf) < length:
                 break
             req = bytes(self._buf[:length])
             del self._buf[:length]
@@ -127,12 +112,12 @@ class HostDir:
     # -- dispatch -------------------------------------------------------------------------
 
     def _handle(self, req: bytes) -> bytes:
-        _len, op, unique, nodeid, _uid, _gid, _pid, _ext, _ = IN_HEADER.unpack_from(req)
-        body = req[IN_HEADER.size :]
-        if op in _NO_REPLY:
-            if op == FORGET:
+        _len, op, unique, nodeid, _uid, _gid, _pid, _ext, _ = w.IN_HEADER.unpack_from(req)
+        body = req[w.IN_HEADER.size :]
+        if op in w.NO_REPLY:
+            if op == w.FORGET:
                 self._forget(nodeid, struct.unpack_from("<Q", body)[0])
-            elif op == BATCH_FORGET:
+            elif op == w.BATCH_FORGET:
                 (count,) = struct.unpack_from("<I", body)
                 for i in range(count):
                     self._forget(*struct.unpack_from("<QQ", body, 8 + 16 * i))
@@ -149,7 +134,7 @@ class HostDir:
             reply, error = b"", -err.code
         except OSError as err:
             reply, error = b"", -(err.errno or errno.EIO)
-        return OUT_HEADER.pack(OUT_HEADER.size + len(reply), error, unique) + reply
+        return w.reply(unique, error, reply)
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -171,13 +156,7 @@ class HostDir:
 
     def _attr(self, st: os.stat_result) -> bytes:
         owner = 0 if st.st_uid == self._uid else 65534  # the guest's root is the invoking user
-        return ATTR.pack(
-            st.st_ino, st.st_size, st.st_blocks,
-            int(st.st_atime), int(st.st_mtime), int(st.st_ctime),
-            st.st_atime_ns % 10**9, st.st_mtime_ns % 10**9, st.st_ctime_ns % 10**9,
-            st.st_mode, st.st_nlink, owner, 0 if owner == 0 else 65534,
-            0, 4096, 0,
-        )  # fmt: skip
+        return w.attr(st, owner)
 
     def _entry(self, parent: _Node, name: str) -> bytes:
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
@@ -192,10 +171,10 @@ class HostDir:
             self._next += 1
             self._nodes[nodeid] = _Node(fd, 1, key)
             self._by_key[key] = nodeid
-        return ENTRY_HEAD.pack(nodeid, 0, TTL_S, TTL_S, 0, 0) + self._attr(st)
+        return w.entry_out(nodeid, TTL_S, self._attr(st))
 
     def _attr_reply(self, st: os.stat_result) -> bytes:
-        return ATTR_HEAD.pack(TTL_S, 0, 0) + self._attr(st)
+        return w.attr_out(TTL_S, self._attr(st))
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -208,11 +187,8 @@ class HostDir:
         major, minor, readahead, flags = struct.unpack_from("<IIII", body)
         if major != 7:
             raise _Err(errno.EPROTO)
-        want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES
-        return INIT_OUT.pack(
-            7, min(minor, 31), readahead, flags & want, 16, 12, MAX_WRITE, 1,
-            MAX_WRITE // 4096, 0, 0,
-        )  # fmt: skip
+        want = w.FUSE_ASYNC_READ | w.FUSE_BIG_WRITES | w.FUSE_MAX_PAGES
+        return w.init_out(min(minor, 31), readahead, flags & want, MAX_WRITE)
 
     def destroy(self, _nodeid: int, _body: bytes) -> bytes:
         return b""
@@ -225,31 +201,31 @@ class HostDir:
 
     def setattr(self, nodeid: int, body: bytes) -> bytes:
         node = self._node(nodeid)
-        f = SETATTR_IN.unpack_from(body)
+        f = w.SETATTR_IN.unpack_from(body)
         valid, fh, size, atime, mtime = f[0], f[2], f[3], f[5], f[6]
         atime_ns, mtime_ns, mode, uid, gid = f[8], f[9], f[11], f[13], f[14]
         if stat.S_ISLNK(os.fstat(node.fd).st_mode):
             raise _Err(errno.EPERM)
-        if valid & (FATTR_UID | FATTR_GID) and (uid, gid) != (0, 0):
+        if valid & (w.FATTR_UID | w.FATTR_GID) and (uid, gid) != (0, 0):
             raise _Err(errno.EPERM)  # everything here belongs to the invoking user
-        if valid & FATTR_MODE:
+        if valid & w.FATTR_MODE:
             os.chmod(_proc(node.fd), stat.S_IMODE(mode))
-        if valid & FATTR_SIZE:
-            if valid & FATTR_FH and fh in self._files:
+        if valid & w.FATTR_SIZE:
+            if valid & w.FATTR_FH and fh in self._files:
                 os.ftruncate(self._files[fh], size)
             else:
                 os.truncate(_proc(node.fd), size)
-        if valid & (FATTR_ATIME | FATTR_MTIME):
+        if valid & (w.FATTR_ATIME | w.FATTR_MTIME):
             st = os.fstat(node.fd)
             now = None
-            a = st.st_atime_ns if not valid & FATTR_ATIME else atime * 10**9 + atime_ns
-            m = st.st_mtime_ns if not valid & FATTR_MTIME else mtime * 10**9 + mtime_ns
-            if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW):
+            a = st.st_atime_ns if not valid & w.FATTR_ATIME else atime * 10**9 + atime_ns
+            m = st.st_mtime_ns if not valid & w.FATTR_MTIME else mtime * 10**9 + mtime_ns
+            if valid & (w.FATTR_ATIME_NOW | w.FATTR_MTIME_NOW):
                 import time
 
                 now = time.time_ns()
-                a = now if valid & FATTR_ATIME_NOW else a
-                m = now if valid & FATTR_MTIME_NOW else m
+                a = now if valid & w.FATTR_ATIME_NOW else a
+                m = now if valid & w.FATTR_MTIME_NOW else m
             os.utime(_proc(node.fd), ns=(a, m))
         return self._attr_reply(os.fstat(node.fd))
 
@@ -313,7 +289,7 @@ class HostDir:
         fd = os.open(_proc(node.fd), (flags & keep) | os.O_CLOEXEC)
         fh = self._new_fh()
         self._files[fh] = fd
-        return struct.pack("<QII", fh, 0, 0)
+        return w.open_out(fh)
 
     def create(self, nodeid: int, body: bytes) -> bytes:
         flags, mode, umask, _ = struct.unpack_from("<IIII", body)
@@ -331,16 +307,16 @@ class HostDir:
             raise
         fh = self._new_fh()
         self._files[fh] = fd
-        return entry + struct.pack("<QII", fh, 0, 0)
+        return entry + w.open_out(fh)
 
     def read(self, _nodeid: int, body: bytes) -> bytes:
-        fh, offset, size = RW_IN.unpack_from(body)[:3]
+        fh, offset, size = w.RW_IN.unpack_from(body)[:3]
         return os.pread(self._file(fh), min(size, MAX_WRITE), offset)
 
     def write(self, _nodeid: int, body: bytes) -> bytes:
-        fh, offset, size = RW_IN.unpack_from(body)[:3]
-        data = body[RW_IN.size : RW_IN.size + size]
-        return struct.pack("<II", os.pwrite(self._file(fh), data, offset), 0)
+        fh, offset, size = w.RW_IN.unpack_from(body)[:3]
+        data = body[w.RW_IN.size : w.RW_IN.size + size]
+        return w.write_out(os.pwrite(self._file(fh), data, offset))
 
     def _file(self, fh: int) -> int:
         fd = self._files.get(fh)
@@ -376,18 +352,17 @@ class HostDir:
             os.close(fd)
         fh = self._new_fh()
         self._dirs[fh] = entries
-        return struct.pack("<QII", fh, 0, 0)
+        return w.open_out(fh)
 
     def readdir(self, _nodeid: int, body: bytes) -> bytes:
-        fh, offset, size = RW_IN.unpack_from(body)[:3]
+        fh, offset, size = w.RW_IN.unpack_from(body)[:3]
         entries = self._dirs.get(fh)
         if entries is None:
             raise _Err(errno.EBADF)
         out = bytearray()
         for index in range(offset, len(entries)):
             name, ino, kind = entries[index]
-            rec = DIRENT.pack(ino, index + 1, len(name), kind) + name
-            rec += b"\0" * (-len(rec) % 8)
+            rec = w.dirent(ino, index + 1, name, kind)
             if len(out) + len(rec) > size:
                 break
             out += rec
@@ -402,10 +377,7 @@ class HostDir:
 
     def statfs(self, _nodeid: int, _body: bytes) -> bytes:
         v = os.statvfs(_proc(self._nodes[1].fd))
-        return struct.pack(
-            "<QQQQQIIII24x", v.f_blocks, v.f_bfree, v.f_bavail, v.f_files, v.f_ffree,
-            v.f_bsize, v.f_namemax, v.f_frsize, 0,
-        )  # fmt: skip
+        return w.statfs_out(v)
 
     def access(self, _nodeid: int, _body: bytes) -> bytes:
         return b""  # the host checks for real when the file is used
@@ -434,12 +406,13 @@ def _readlink_empty(fd: int) -> bytes:
 
 
 _HANDLERS = {
-    INIT: HostDir.init, DESTROY: HostDir.destroy, LOOKUP: HostDir.lookup,
-    GETATTR: HostDir.getattr, SETATTR: HostDir.setattr, READLINK: HostDir.readlink,
-    SYMLINK: HostDir.symlink, MKDIR: HostDir.mkdir, UNLINK: HostDir.unlink,
-    RMDIR: HostDir.rmdir, RENAME: HostDir.rename, RENAME2: HostDir.rename2,
-    OPEN: HostDir.open, CREATE: HostDir.create, READ: HostDir.read, WRITE: HostDir.write,
-    RELEASE: HostDir.release, FLUSH: HostDir.flush, FSYNC: HostDir.fsync,
-    OPENDIR: HostDir.opendir, READDIR: HostDir.readdir, RELEASEDIR: HostDir.releasedir,
-    FSYNCDIR: HostDir.fsyncdir, STATFS: HostDir.statfs, ACCESS: HostDir.access,
+    w.INIT: HostDir.init, w.DESTROY: HostDir.destroy, w.LOOKUP: HostDir.lookup,
+    w.GETATTR: HostDir.getattr, w.SETATTR: HostDir.setattr, w.READLINK: HostDir.readlink,
+    w.SYMLINK: HostDir.symlink, w.MKDIR: HostDir.mkdir, w.UNLINK: HostDir.unlink,
+    w.RMDIR: HostDir.rmdir, w.RENAME: HostDir.rename, w.RENAME2: HostDir.rename2,
+    w.OPEN: HostDir.open, w.CREATE: HostDir.create, w.READ: HostDir.read,
+    w.WRITE: HostDir.write, w.RELEASE: HostDir.release, w.FLUSH: HostDir.flush,
+    w.FSYNC: HostDir.fsync, w.OPENDIR: HostDir.opendir, w.READDIR: HostDir.readdir,
+    w.RELEASEDIR: HostDir.releasedir, w.FSYNCDIR: HostDir.fsyncdir, w.STATFS: HostDir.statfs,
+    w.ACCESS: HostDir.access,
 }  # fmt: skip
