@@ -28,6 +28,7 @@ HOST_RESOURCES = {
     "smolpack.host_resources",
     "smolpack.hostdir",
     "smolpack.hostdir.fuse_wire",
+    "smolpack.hostdir.node_table",
     "smolpack.hostdir.server",
 }
 

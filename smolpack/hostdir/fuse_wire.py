@@ -26,12 +26,20 @@ MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE = 8, 9, 10, 11, 12,
 STATFS, RELEASE, FSYNC, FLUSH, INIT, OPENDIR, READDIR = 17, 18, 20, 25, 26, 27, 28
 RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY = 29, 30, 34, 35, 36, 38
 BATCH_FORGET, RENAME2 = 42, 45
+FUSE_ROOT_ID = 1  # the nodeid of the mounted directory
 NO_REPLY = (FORGET, BATCH_FORGET, INTERRUPT)  # the kernel waits for no answer to these
 
 # SETATTR's `valid` bits, and the INIT flags the server may accept.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
 FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES = 1 << 0, 1 << 5, 1 << 22
+
+
+class FuseError(Exception):
+    """Answer the request with this errno (OUT_HEADER's error, negated)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
 
 
 def reply(unique: int, error: int, body: bytes) -> bytes:

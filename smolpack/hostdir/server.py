@@ -5,10 +5,8 @@ relays the kernel's requests over a channel; `HostDir.feed` answers them here, o
 host, as the invoking user, so files the guest creates belong to that user. The wire format
 is the kernel's own (`fuse_wire`); one handler per opcode below.
 
-Confinement: every node is an O_PATH fd reached one name at a time from the shared root
-with O_NOFOLLOW (`.`/`..`/`/` in names refused), and files are reopened through
-/proc/self/fd, never by path. So a symlink inside (its target is resolved by the guest, in
-the guest), `..`, or an absolute host path never reaches a host file outside the root.
+Confinement is `node_table`'s: every node an O_PATH fd reached one name at a time from the
+shared root, files reopened through their node's fd (/proc/self/fd), never by path.
 Memory is bounded: one request at a time, at most 128 KiB of data each.
 
 Stdlib only: the launcher imports it.
@@ -20,9 +18,10 @@ import errno
 import os
 import stat
 import struct
-from dataclasses import dataclass
 
 from smolpack.hostdir import fuse_wire as w
+from smolpack.hostdir.fuse_wire import FuseError
+from smolpack.hostdir.node_table import Node, NodeTable, check_name, proc_path, readlink_empty
 
 MAX_WRITE = 128 * 1024  # negotiated in INIT; the agent's read buffer is 256 KiB
 TTL_S = 1  # how long the guest may cache names and attributes (others may share the dir)
@@ -34,40 +33,12 @@ _WRITES = (
 )  # fmt: skip
 
 
-class _Err(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-@dataclass(slots=True)
-class _Node:
-    fd: int  # O_PATH|O_NOFOLLOW
-    lookups: int  # the kernel's reference count (FORGET lowers it)
-    key: tuple[int, int]  # (st_dev, st_ino)
-
-
-def _proc(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
-
-
-def _name(raw: bytes) -> str:
-    name = raw.split(b"\0", 1)[0]
-    if not name or name in (b".", b"..") or b"/" in name:
-        raise _Err(errno.EINVAL)
-    return os.fsdecode(name)
-
-
 class HostDir:
     """One shared directory: feed it request bytes, get reply bytes back."""
 
     def __init__(self, root: str, *, read_only: bool) -> None:
         self.read_only = read_only
-        _raise_fd_limit()
-        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        self._nodes: dict[int, _Node] = {1: _Node(fd, 1, (st.st_dev, st.st_ino))}
-        self._by_key: dict[tuple[int, int], int] = {(st.st_dev, st.st_ino): 1}
-        self._next = 2
+        self._nodes = NodeTable(root)
         self._files: dict[int, int] = {}  # fh -> fd of an open file
         self._dirs: dict[int, list[tuple[bytes, int, int]]] = {}  # fh -> (name, ino, type)
         self._next_fh = 1
@@ -83,11 +54,9 @@ class HostDir:
         return len(self._buf) >= length
 
     def close(self) -> None:
-        for node in self._nodes.values():
-            os.close(node.fd)
+        self._nodes.close()
         for fd in self._files.values():
             os.close(fd)
-        self._nodes.clear()
         self._files.clear()
 
     def feed(self, data: bytes, max_out: int = 1 << 62) -> tuple[bytes, int]:
@@ -116,61 +85,34 @@ class HostDir:
         body = req[w.IN_HEADER.size :]
         if op in w.NO_REPLY:
             if op == w.FORGET:
-                self._forget(nodeid, struct.unpack_from("<Q", body)[0])
+                self._nodes.forget(nodeid, struct.unpack_from("<Q", body)[0])
             elif op == w.BATCH_FORGET:
                 (count,) = struct.unpack_from("<I", body)
                 for i in range(count):
-                    self._forget(*struct.unpack_from("<QQ", body, 8 + 16 * i))
+                    self._nodes.forget(*struct.unpack_from("<QQ", body, 8 + 16 * i))
             return b""
         try:
             if self.read_only and op in _WRITES:
-                raise _Err(errno.EROFS)
+                raise FuseError(errno.EROFS)
             handler = _HANDLERS.get(op)
             if handler is None:
-                raise _Err(errno.ENOSYS)
+                raise FuseError(errno.ENOSYS)
             reply = handler(self, nodeid, body)
             error = 0
-        except _Err as err:
+        except FuseError as err:
             reply, error = b"", -err.code
         except OSError as err:
             reply, error = b"", -(err.errno or errno.EIO)
         return w.reply(unique, error, reply)
 
-    # -- nodes ----------------------------------------------------------------------------
-
-    def _node(self, nodeid: int) -> _Node:
-        node = self._nodes.get(nodeid)
-        if node is None:
-            raise _Err(errno.ESTALE)
-        return node
-
-    def _forget(self, nodeid: int, count: int) -> None:
-        node = self._nodes.get(nodeid)
-        if node is None or nodeid == 1:
-            return
-        node.lookups -= count
-        if node.lookups <= 0:
-            del self._nodes[nodeid]
-            self._by_key.pop(node.key, None)
-            os.close(node.fd)
+    # -- replies and file handles ---------------------------------------------------------
 
     def _attr(self, st: os.stat_result) -> bytes:
         owner = 0 if st.st_uid == self._uid else 65534  # the guest's root is the invoking user
         return w.attr(st, owner)
 
-    def _entry(self, parent: _Node, name: str) -> bytes:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        nodeid = self._by_key.get(key)
-        if nodeid is not None:
-            os.close(fd)
-            self._nodes[nodeid].lookups += 1
-        else:
-            nodeid = self._next
-            self._next += 1
-            self._nodes[nodeid] = _Node(fd, 1, key)
-            self._by_key[key] = nodeid
+    def _entry(self, parent: Node, name: str) -> bytes:
+        nodeid, st = self._nodes.lookup(parent, name)
         return w.entry_out(nodeid, TTL_S, self._attr(st))
 
     def _attr_reply(self, st: os.stat_result) -> bytes:
@@ -186,7 +128,7 @@ class HostDir:
     def init(self, _nodeid: int, body: bytes) -> bytes:
         major, minor, readahead, flags = struct.unpack_from("<IIII", body)
         if major != 7:
-            raise _Err(errno.EPROTO)
+            raise FuseError(errno.EPROTO)
         want = w.FUSE_ASYNC_READ | w.FUSE_BIG_WRITES | w.FUSE_MAX_PAGES
         return w.init_out(min(minor, 31), readahead, flags & want, MAX_WRITE)
 
@@ -194,27 +136,27 @@ class HostDir:
         return b""
 
     def lookup(self, nodeid: int, body: bytes) -> bytes:
-        return self._entry(self._node(nodeid), _name(body))
+        return self._entry(self._nodes.get(nodeid), check_name(body))
 
     def getattr(self, nodeid: int, _body: bytes) -> bytes:
-        return self._attr_reply(os.fstat(self._node(nodeid).fd))
+        return self._attr_reply(os.fstat(self._nodes.get(nodeid).fd))
 
     def setattr(self, nodeid: int, body: bytes) -> bytes:
-        node = self._node(nodeid)
+        node = self._nodes.get(nodeid)
         f = w.SETATTR_IN.unpack_from(body)
         valid, fh, size, atime, mtime = f[0], f[2], f[3], f[5], f[6]
         atime_ns, mtime_ns, mode, uid, gid = f[8], f[9], f[11], f[13], f[14]
         if stat.S_ISLNK(os.fstat(node.fd).st_mode):
-            raise _Err(errno.EPERM)
+            raise FuseError(errno.EPERM)
         if valid & (w.FATTR_UID | w.FATTR_GID) and (uid, gid) != (0, 0):
-            raise _Err(errno.EPERM)  # everything here belongs to the invoking user
+            raise FuseError(errno.EPERM)  # everything here belongs to the invoking user
         if valid & w.FATTR_MODE:
-            os.chmod(_proc(node.fd), stat.S_IMODE(mode))
+            os.chmod(proc_path(node.fd), stat.S_IMODE(mode))
         if valid & w.FATTR_SIZE:
             if valid & w.FATTR_FH and fh in self._files:
                 os.ftruncate(self._files[fh], size)
             else:
-                os.truncate(_proc(node.fd), size)
+                os.truncate(proc_path(node.fd), size)
         if valid & (w.FATTR_ATIME | w.FATTR_MTIME):
             st = os.fstat(node.fd)
             now = None
@@ -226,37 +168,35 @@ class HostDir:
                 now = time.time_ns()
                 a = now if valid & w.FATTR_ATIME_NOW else a
                 m = now if valid & w.FATTR_MTIME_NOW else m
-            os.utime(_proc(node.fd), ns=(a, m))
+            os.utime(proc_path(node.fd), ns=(a, m))
         return self._attr_reply(os.fstat(node.fd))
 
     def readlink(self, nodeid: int, _body: bytes) -> bytes:
-        node = self._node(nodeid)
+        node = self._nodes.get(nodeid)
         if not stat.S_ISLNK(os.fstat(node.fd).st_mode):
-            raise _Err(errno.EINVAL)
-        # readlinkat(fd, "") reads an O_PATH symlink itself; Python has no AT_EMPTY_PATH, so
-        # the magic link's target is no help: use the libc call.
-        return _readlink_empty(node.fd)
+            raise FuseError(errno.EINVAL)
+        return readlink_empty(node.fd)
 
     def symlink(self, nodeid: int, body: bytes) -> bytes:
         name_raw, _, target = body.partition(b"\0")
-        parent = self._node(nodeid)
-        name = _name(name_raw)
+        parent = self._nodes.get(nodeid)
+        name = check_name(name_raw)
         os.symlink(target.split(b"\0", 1)[0], name, dir_fd=parent.fd)
         return self._entry(parent, name)
 
     def mkdir(self, nodeid: int, body: bytes) -> bytes:
         mode, umask = struct.unpack_from("<II", body)
-        parent = self._node(nodeid)
-        name = _name(body[8:])
+        parent = self._nodes.get(nodeid)
+        name = check_name(body[8:])
         os.mkdir(name, mode & ~umask & 0o7777, dir_fd=parent.fd)
         return self._entry(parent, name)
 
     def unlink(self, nodeid: int, body: bytes) -> bytes:
-        os.unlink(_name(body), dir_fd=self._node(nodeid).fd)
+        os.unlink(check_name(body), dir_fd=self._nodes.get(nodeid).fd)
         return b""
 
     def rmdir(self, nodeid: int, body: bytes) -> bytes:
-        os.rmdir(_name(body), dir_fd=self._node(nodeid).fd)
+        os.rmdir(check_name(body), dir_fd=self._nodes.get(nodeid).fd)
         return b""
 
     def rename(self, nodeid: int, body: bytes) -> bytes:
@@ -266,35 +206,35 @@ class HostDir:
     def rename2(self, nodeid: int, body: bytes) -> bytes:
         newdir, flags = struct.unpack_from("<QI", body)
         if flags:
-            raise _Err(errno.EINVAL)  # RENAME_NOREPLACE/EXCHANGE: callers fall back
+            raise FuseError(errno.EINVAL)  # RENAME_NOREPLACE/EXCHANGE: callers fall back
         return self._rename(nodeid, newdir, body[16:])
 
     def _rename(self, nodeid: int, newdir: int, names: bytes) -> bytes:
         old, _, new = names.partition(b"\0")
         os.rename(
-            _name(old), _name(new),
-            src_dir_fd=self._node(nodeid).fd, dst_dir_fd=self._node(newdir).fd,
+            check_name(old), check_name(new),
+            src_dir_fd=self._nodes.get(nodeid).fd, dst_dir_fd=self._nodes.get(newdir).fd,
         )  # fmt: skip
         return b""
 
     def open(self, nodeid: int, body: bytes) -> bytes:
         (flags,) = struct.unpack_from("<I", body)
-        node = self._node(nodeid)
+        node = self._nodes.get(nodeid)
         if stat.S_ISLNK(os.fstat(node.fd).st_mode):
-            raise _Err(errno.ELOOP)
+            raise FuseError(errno.ELOOP)
         if self.read_only and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            raise _Err(errno.EROFS)
+            raise FuseError(errno.EROFS)
         keep = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC
         # Through the node's own fd (the magic link), so never by a path that could move.
-        fd = os.open(_proc(node.fd), (flags & keep) | os.O_CLOEXEC)
+        fd = os.open(proc_path(node.fd), (flags & keep) | os.O_CLOEXEC)
         fh = self._new_fh()
         self._files[fh] = fd
         return w.open_out(fh)
 
     def create(self, nodeid: int, body: bytes) -> bytes:
         flags, mode, umask, _ = struct.unpack_from("<IIII", body)
-        parent = self._node(nodeid)
-        name = _name(body[16:])
+        parent = self._nodes.get(nodeid)
+        name = check_name(body[16:])
         keep = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_EXCL
         fd = os.open(
             name, (flags & keep) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -321,7 +261,7 @@ class HostDir:
     def _file(self, fh: int) -> int:
         fd = self._files.get(fh)
         if fd is None:
-            raise _Err(errno.EBADF)
+            raise FuseError(errno.EBADF)
         return fd
 
     def release(self, _nodeid: int, body: bytes) -> bytes:
@@ -338,8 +278,8 @@ class HostDir:
         return b""
 
     def opendir(self, nodeid: int, _body: bytes) -> bytes:
-        node = self._node(nodeid)
-        fd = os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        node = self._nodes.get(nodeid)
+        fd = os.open(proc_path(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             entries = [(b".", 1, 4), (b"..", 1, 4)]
             with os.scandir(fd) as it:
@@ -358,7 +298,7 @@ class HostDir:
         fh, offset, size = w.RW_IN.unpack_from(body)[:3]
         entries = self._dirs.get(fh)
         if entries is None:
-            raise _Err(errno.EBADF)
+            raise FuseError(errno.EBADF)
         out = bytearray()
         for index in range(offset, len(entries)):
             name, ino, kind = entries[index]
@@ -376,33 +316,11 @@ class HostDir:
         return b""
 
     def statfs(self, _nodeid: int, _body: bytes) -> bytes:
-        v = os.statvfs(_proc(self._nodes[1].fd))
+        v = os.statvfs(proc_path(self._nodes.root.fd))
         return w.statfs_out(v)
 
     def access(self, _nodeid: int, _body: bytes) -> bytes:
         return b""  # the host checks for real when the file is used
-
-
-def _raise_fd_limit() -> None:
-    """One O_PATH fd per inode the guest kernel holds (until it FORGETs them): a walk over
-    10,000 files needs more than the usual soft limit of 1024."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
-
-
-def _readlink_empty(fd: int) -> bytes:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(4096)
-    n = libc.readlinkat(fd, b"", buf, 4096)
-    if n < 0:
-        raise _Err(ctypes.get_errno())
-    return buf.raw[:n]
 
 
 _HANDLERS = {
