@@ -26,8 +26,9 @@ MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE = 8, 9, 10, 11, 12,
 STATFS, RELEASE, FSYNC, FLUSH, INIT, OPENDIR, READDIR = 17, 18, 20, 25, 26, 27, 28
 RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY = 29, 30, 34, 35, 36, 38
 BATCH_FORGET, RENAME2 = 42, 45
-FUSE_ROOT_ID = 1  # the nodeid of the mounted directory
 NO_REPLY = (FORGET, BATCH_FORGET, INTERRUPT)  # the kernel waits for no answer to these
+
+FUSE_ROOT_ID = 1  # the nodeid of the mounted directory
 
 # SETATTR's `valid` bits, and the INIT flags the server may accept.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
