@@ -18,7 +18,7 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.interface import Vm
 from smolpack.errors import AgentError, BuildError, HostError
-from smolpack.hostdir import HostDir
+from smolpack.hostdir.server import HostDir
 from smolpack.machine import MachineConfig
 from smolpack.progress import Progress
 from smolpack.smolfile import SmolConfig

@@ -10,7 +10,7 @@ starts, so a problem is one line and no VM was started for nothing:
   the guest on agent channels (formats/agent-protocol.md 5.7), so they work with `net = false`;
 - the ssh-agent (`[auth] ssh_agent`, `--smol-ssh-agent`): the host's `SSH_AUTH_SOCK`,
   reached from the guest's `/run/smolpack/ssh-agent.sock` on the same channels;
-- host directories (`--smol-volume`, `host_cwd`/`--smol-cwd`): served by `hostdir.HostDir`
+- host directories (`--smol-volume`, `host_cwd`/`--smol-cwd`): served by `hostdir.server.HostDir`
   as FUSE on a channel (formats/agent-protocol.md 5.8), mounted for this run only.
 
 (Egress allow lists are the engine's business: `runner._check_egress`.)
@@ -32,7 +32,7 @@ from smolpack.agent.channels import (
     listen_forwards,
 )
 from smolpack.errors import HostError, UsageError
-from smolpack.hostdir import HostDir
+from smolpack.hostdir.server import HostDir
 from smolpack.machine import MachineConfig
 
 MAX_SECRET_FILE = 256 * 1024  # a secret file bigger than this is a wrong path

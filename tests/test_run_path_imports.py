@@ -23,7 +23,14 @@ from smolpack.runtime_libs import ENV_DIR, find_runtime_libs
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64"
 )
-HOST_RESOURCES = {"smolpack.agent.channels", "smolpack.host_resources", "smolpack.hostdir"}
+HOST_RESOURCES = {
+    "smolpack.agent.channels",
+    "smolpack.host_resources",
+    "smolpack.hostdir",
+    "smolpack.hostdir.fuse_wire",
+    "smolpack.hostdir.node_table",
+    "smolpack.hostdir.server",
+}
 
 SCRIPT = """
 import atexit, json, sys
@@ -68,7 +75,7 @@ def test_host_resources_load_for_a_run_that_has_them(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     loaded = loaded_by_a_run(pack, tmp_path, "--smol-port", f"{port}:80")
-    assert {"smolpack.agent.channels", "smolpack.host_resources", "smolpack.hostdir"} <= loaded
+    assert HOST_RESOURCES <= loaded
     pack = write_fake_pack(tmp_path / "s.smolmachine", secrets=[["TOKEN", "env", "PATH"]])
     loaded = loaded_by_a_run(pack, tmp_path)
     assert "smolpack.host_resources" in loaded

@@ -25,7 +25,7 @@ from smolpack.agent import protocol as p
 from smolpack.errors import HostError
 
 if TYPE_CHECKING:
-    from smolpack.hostdir import HostDir
+    from smolpack.hostdir.server import HostDir
 
 _CREDIT_EVERY = 64 * 1024  # send CHAN_CREDIT at least this often (5.7)
 _FINISH_S = 2.0  # after EXIT: how long queued bytes may take to reach their clients
