@@ -17,7 +17,13 @@ from smolpack.engine.console import (
     panic_message,
     silent_guest_detail,
 )
-from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, VmStopped
+from smolpack.errors import (
+    AgentChannelClosed,
+    AgentError,
+    AgentTimeout,
+    VmStopped,
+    VmUnresponsive,
+)
 
 
 def test_tail_skips_blank_lines_and_keeps_the_last(tmp_path: Path) -> None:
@@ -126,6 +132,20 @@ def test_a_running_vm_keeps_the_agent_error(tmp_path: Path) -> None:
         " smolpack-agent: started, looking for port smolpack.agent"
     )
     assert vm.waits[-1] == 0.0  # a timeout does not wait for a VM that is running
+
+
+def test_an_unresponsive_vm_keeps_its_class_and_never_blames_the_kernel(tmp_path: Path) -> None:
+    # The agent answered pings before it went quiet: it did start, whatever the console says
+    # (a krun guest's console stays empty: its kernel is quiet and the agent is not PID 1).
+    log = tmp_path / "console.log"
+    log.write_text("")
+    hung = VmUnresponsive("the VM stopped answering (no reply from the guest agent for 45 s)")
+    err = explain_agent_failure(_vm(log, None), hung)  # type: ignore[arg-type]
+    assert type(err) is VmUnresponsive and err.exit_code == 121
+    assert str(err) == (
+        "the VM stopped answering (no reply from the guest agent for 45 s);"
+        " the guest console is empty"
+    )
 
 
 def test_recorder_keeps_at_most_two_caps_and_the_newest_lines(tmp_path: Path) -> None:

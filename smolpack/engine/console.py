@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smolpack.engine.console_log import read_tail
-from smolpack.errors import AgentChannelClosed, AgentError, AgentTimeout, SmolpackError, VmStopped
+from smolpack.errors import (
+    AgentChannelClosed,
+    AgentError,
+    AgentTimeout,
+    SmolpackError,
+    VmStopped,
+    VmUnresponsive,
+)
 
 if TYPE_CHECKING:
     from smolpack.engine.interface import Vm
@@ -35,12 +42,15 @@ def console_tail(log: Path, lines: int = 15) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
 
 
-def silent_guest_detail(log: Path) -> str:
-    """One clause for an error about a guest agent that never answered."""
+def silent_guest_detail(log: Path, *, agent_answered: bool = False) -> str:
+    """One clause for an error about a guest agent that did not answer: one that never
+    answered, or (`agent_answered`) one that answered before and then stopped."""
     tail = console_tail(log, 1)
-    if not tail:
-        return "the guest printed nothing: its kernel did not get as far as starting the agent"
-    return f"the guest console's last line: {_clip(tail[-1])}"
+    if tail:
+        return f"the guest console's last line: {_clip(tail[-1])}"
+    if agent_answered:  # so the agent did start: an empty console says nothing more
+        return "the guest console is empty"
+    return "the guest printed nothing: its kernel did not get as far as starting the agent"
 
 
 def panic_message(log: Path) -> str | None:
@@ -61,5 +71,8 @@ def explain_agent_failure(vm: Vm, err: AgentError) -> SmolpackError:
     if reason is not None:
         return VmStopped(f"the VM stopped unexpectedly ({reason})")
     if isinstance(err, AgentTimeout):
-        return AgentTimeout(f"{err}; {silent_guest_detail(vm.console_log)}")
+        # the same class (a VmUnresponsive keeps its exit code), with the console's word
+        answered = isinstance(err, VmUnresponsive)
+        detail = silent_guest_detail(vm.console_log, agent_answered=answered)
+        return type(err)(f"{err}; {detail}")
     return err
