@@ -294,7 +294,7 @@ def create_cmd(
         target = check_target(target or host_target())
         # Find the stub first: a missing one should fail before minutes of building.
         with progress.step(f"Preparing the launcher stub for {target}"):
-            stub = find_stub(target)
+            stub = find_stub(target, note=progress.note)
             check_stub(stub, target)
         libs = libs_for_target(target, host_target(), _stub_dir())
         if libs is None:
