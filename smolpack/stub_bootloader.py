@@ -85,6 +85,11 @@ class _Unavailable(Exception):
 
 
 def _build(version: str, dest: Path) -> None:
+    # The tools first: no download for a host that could not use it.
+    if shutil.which("patch") is None:
+        raise _Unavailable("`patch` is not installed")
+    if not any(shutil.which(cc) for cc in ("gcc", "clang", "cc")):
+        raise _Unavailable("no C compiler (gcc, clang or cc)")
     with tempfile.TemporaryDirectory(prefix="smolpack-bootloader-") as tmp:
         work = Path(tmp)
         sdist = _fetch_sdist(version, work)
@@ -96,8 +101,6 @@ def _build(version: str, dest: Path) -> None:
         top = work / f"pyinstaller-{version}"
         if not (top / "bootloader" / "waf").is_file():
             raise _Unavailable(f"no bootloader sources in {sdist.name}")
-        if shutil.which("patch") is None:
-            raise _Unavailable("`patch` is not installed")
         _run(["patch", "-p1", "-s", "-i", str(patch_file())], top, "patching the bootloader")
         _run(
             [sys.executable, "waf", "configure", "build_release", "--static-zlib"],

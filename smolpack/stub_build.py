@@ -14,7 +14,12 @@ Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine import
 - `--onefile --strip` plus `STUB_EXCLUDES`: 4.2 MB and ~90 ms to `--smol-version`, against
   8.3 MB and ~140 ms with the defaults (libcrypto via _hashlib, CJK codecs, unicodedata,
   decimal... which the run path never imports; hashlib falls back to the builtin sha256).
-- archive entries stored, not deflated (`STORED`): 10.4 MB, and ~30 % less start time.
+- our bootloader (stub_bootloader.py) unpacks the runtime once per stub and user, then
+  execs straight into it: `--smol-version` 48.5 -> 24.1 ms (bench_launcher, A/B). So the
+  entries it unpacks are deflated (4.3 MB; the first start takes ~40 ms more), and only
+  the modules' archive, read at every start, is stored. With PyInstaller's stock
+  bootloader every start unpacks, so everything is stored (`STORED`: 10.4 MB, ~30 % less
+  start time than deflated).
 - no runtime hook for `inspect`: PyInstaller's (pyi_rth_inspect) imports inspect and
   zipfile and lists base_library.zip at every start, to fix `inspect.getsourcefile` for
   frozen code, which the launcher never calls (`_no_inspect_hook`).
@@ -214,20 +219,24 @@ def _freeze(dest: Path, boot: Bootloader, key: str) -> None:
         shutil.copyfile(built, dest)
 
 
-# The archive's entries stored, not zlib-deflated: the bootloader unpacks libpython and the
-# extension modules (~9.5 MB) at every start, and inflating them was ~30 % of the start of
-# `--smol-version` (bench/bench_launcher.py); the stub grows from 4.2 to 10.4 MB.
+# Which archive entries are zlib-deflated (EXE's `cdict`). The stock bootloader unpacks
+# libpython and the extension modules (~9.5 MB) at every start, and inflating them was ~30 %
+# of `--smol-version` (bench/bench_launcher.py): all stored (10.4 MB). Ours unpacks them once:
+# deflated (4.3 MB), all but the modules' archive, which every start reads.
 STORED = "cdict={'BINARY': False, 'EXTENSION': False, 'DATA': False, 'PYMODULE': False},"
+UNPACKED_ONCE = "cdict={'BINARY': True, 'EXTENSION': True, 'DATA': True, 'PYMODULE': False},"
 
 
 def _edit_spec(spec: Path, boot: Bootloader, key: str) -> Path:
-    """`spec` with what PyInstaller has no CLI option for: EXE's `cdict` (entries stored
-    uncompressed) and, with our bootloader, that bootloader and its run-time option naming
-    the runtime by the stub's key."""
+    """`spec` with what PyInstaller has no CLI option for: EXE's `cdict` (which entries are
+    deflated) and, with our bootloader, that bootloader and its run-time option naming the
+    runtime by the stub's key."""
     text = spec.read_text()
-    edits = {f"    name='{STUB_NAME}',\n": f"    {STORED}\n    name='{STUB_NAME}',\n"}
+    cdict = STORED if boot.path is None else UNPACKED_ONCE
+    edits = {f"    name='{STUB_NAME}',\n": f"    {cdict}\n    name='{STUB_NAME}',\n"}
     if boot.path is not None:
-        edits["    a.datas,\n    [],\n"] = f"    a.datas,\n    [('{RUNTIME_OPTION} {key}', None, 'OPTION')],\n"
+        option = f"[('{RUNTIME_OPTION} {key}', None, 'OPTION')]"
+        edits["    a.datas,\n    [],\n"] = f"    a.datas,\n    {option},\n"
         edits["exe = EXE(\n"] = (
             f"EXE._bootloader_file = lambda self, exe, extension=None: {str(boot.path)!r}\n"
             "exe = EXE(\n"
