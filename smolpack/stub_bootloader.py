@@ -34,7 +34,6 @@ from smolpack.host import host_target
 
 ENV_CHOICE = "SMOLPACK_STUB_BOOTLOADER"  # "stock": PyInstaller's own bootloader
 RUNTIME_OPTION = "pyi-smolpack-runtime"  # + " <key>": the bootloader's run-time option
-RUNTIME_DIR = "runtime"  # under the cache root: <key>/_MEI00000000smolpk
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +53,12 @@ def patch_file() -> Path:
     return Path(smolpack.__file__).resolve().parent / "_bootloader" / "keep-runtime.patch"
 
 
-def bootloader(*, retry: bool = False) -> Bootloader:
+def bootloader(*, retry: bool = False, offline: bool = False) -> Bootloader:
     """Our bootloader for this host, built (or reused from the cache) now; stock if we can't.
 
     A failed build is remembered beside the cache entry (`<key>.why-stock`), so later stub
-    builds do not fetch and compile again; `retry` (`smolpack stub build --force`) does."""
+    builds do not fetch and compile again; `retry` (`smolpack stub build --force`) does.
+    `offline` (`create --offline`): never fetch the sources (nothing is remembered)."""
     if os.environ.get(ENV_CHOICE) == "stock":
         return Bootloader(None, f"{ENV_CHOICE}=stock")
     import PyInstaller  # type: ignore[import-untyped]
@@ -70,6 +70,9 @@ def bootloader(*, retry: bool = False) -> Bootloader:
     failed = cache_root() / "bootloaders" / f"{key}.why-stock"
     if failed.is_file() and not retry:
         return Bootloader(None, failed.read_text().strip())
+    built = cache_root() / "bootloaders" / key
+    if offline and not built.is_file():
+        return Bootloader(None, "--offline: the PyInstaller sources are not fetched")
     try:
         built = cached_file("bootloaders", key, lambda dest: _build(version, dest))
         failed.unlink(missing_ok=True)
@@ -118,7 +121,8 @@ def _fetch_sdist(version: str, work: Path) -> Path:
     """The PyInstaller sdist of `version` (its bootloader sources), with pip."""
     _run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-         ":all:", "-d", str(work), f"pyinstaller=={version}"],
+         ":all:", "--timeout", "20", "--retries", "1", "-d", str(work),
+         f"pyinstaller=={version}"],
         work, f"fetching the PyInstaller {version} sources",
     )  # fmt: skip
     found = sorted(work.glob(f"pyinstaller-{version}.tar.gz"))

@@ -102,7 +102,9 @@ def check_target(target: str) -> str:
     return target
 
 
-def find_stub(target: str, note: Callable[[str], None] | None = None) -> Path:
+def find_stub(
+    target: str, note: Callable[[str], None] | None = None, *, offline: bool = False
+) -> Path:
     """The stub for `target`: given, shipped, or built here for this host (else HostError)."""
     check_target(target)
     env_dir = os.environ.get(ENV_STUB_DIR)
@@ -115,7 +117,7 @@ def find_stub(target: str, note: Callable[[str], None] | None = None) -> Path:
     if shipped.is_file():
         return shipped
     if target == host_target():
-        return build_stub(note=note)
+        return build_stub(note=note, offline=offline)
     published = cache_root() / "stubs" / target / STUB_NAME
     if published.is_file():
         return published
@@ -150,19 +152,22 @@ def stub_key(boot: Bootloader) -> str:
     return h.hexdigest()
 
 
-def build_stub(*, force: bool = False, note: Callable[[str], None] | None = None) -> Path:
+def build_stub(
+    *, force: bool = False, note: Callable[[str], None] | None = None, offline: bool = False
+) -> Path:
     """Build (or reuse from the cache) the launcher stub for this host. `note` hears why the
-    stub has PyInstaller's stock bootloader, when it has (stub_bootloader.py)."""
+    stub has PyInstaller's stock bootloader, when it has (stub_bootloader.py); `offline`:
+    fetch nothing for it."""
     try:
         import PyInstaller.__main__  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as err:
         raise HostError(
             "PyInstaller is not installed", hint="run `pip install pyinstaller`"
         ) from err
-    boot = bootloader(retry=force)
+    boot = bootloader(retry=force, offline=offline)
     if boot.path is None and note is not None:
         note(f"the stub unpacks its runtime at every start: stock PyInstaller bootloader"
-             f" ({boot.why_stock})")  # fmt: skip
+             f" ({boot.why_stock}; `smolpack stub build --force` tries again)")  # fmt: skip
     key = stub_key(boot)
     entry = cache_root() / "stubs" / key
     if force and entry.exists():

@@ -109,3 +109,15 @@ def test_without_patch_the_stub_keeps_the_stock_bootloader_and_says_why(
     assert bootloader().why_stock == "`patch` is not installed"
     [marker] = (tmp_path / "cache" / "bootloaders").glob("*.why-stock")
     assert marker.read_text() == "`patch` is not installed\n"
+
+
+def test_offline_never_fetches_and_remembers_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMOLPACK_CACHE_DIR", str(tmp_path / "cache"))
+    boot = bootloader(offline=True)
+    assert (boot.path, boot.why_stock) == (
+        None,
+        "--offline: the PyInstaller sources are not fetched",
+    )
+    assert not (tmp_path / "cache").exists()
