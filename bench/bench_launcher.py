@@ -1,21 +1,20 @@
 """Benchmark: where the launcher floor goes, `./tool --smol-version` (issue 14, §3).
 
-A PyInstaller onefile stub starts as a bootloader that unpacks its archive (libpython,
-extension modules, base_library.zip) into a fresh temp dir, then runs itself again as a
-child that loads that libpython, unmarshals our modules and runs `main`; the parent waits,
-then removes the unpacked files. This splits one start into those phases with
-`strace -f --seccomp-bpf -e trace=execve,exit_group` (only those two calls stop the
-process, so the tracing costs little), and sets them against `python3 -I -S -c pass` (a
-bare interpreter) and `python3 -I -S -c 'import smolpack.launcher'` (interpreter + our
-imports, from .pyc files). Medians of --rounds, alternating.
+A stub with our bootloader (smolpack/stub_bootloader.py) unpacks its runtime (libpython,
+extension modules, base_library.zip) once into the cache, then at every start checks it and
+execs itself as PyInstaller's onefile child, which loads that libpython, unmarshals our
+modules and runs `main`. A stock PyInstaller stub unpacks into a fresh temp dir at every
+start, runs the child as a second process, waits, then removes the files. This splits one
+start into those phases with `strace -f --seccomp-bpf -e trace=execve,exit_group` (only
+those two calls stop the process, so the tracing costs little): bootloader (exec → the
+child's exec: unpack or check), child (→ its exit), after (→ the first process's exit:
+waiting and cleanup). It sets them against `python3 -I -S -c pass` (a bare interpreter) and
+`python3 -I -S -c 'import smolpack.launcher'` (interpreter + our imports, from .pyc
+files), and times a first start too (an empty cache each round: the one-time unpack).
+Medians of --rounds, alternating.
 
-It also runs the stub as a onefile *child* over a runtime unpacked beforehand (PyInstaller's
-`_PYI_APPLICATION_HOME_DIR`, in a dir named like the bootloader's own `_MEI...`): what a
-start would cost with a bootloader that kept its unpacked files across runs (keyed by
-digest) and exec'd once, instead of unpacking, forking and cleaning up every time.
-
-`--versus OTHER` adds another tool or stub (say, one built before a change) to the same
-alternation, for an A/B in one run.
+`--versus OTHER` adds another tool or stub (say, one built before a change, or with
+SMOLPACK_STUB_BOOTLOADER=stock) to the same alternation, for an A/B in one run.
 
     python bench/bench_launcher.py [--rounds 9] [--tool PATH] [--versus OTHER]
 """
@@ -43,39 +42,18 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def phases(tool: Path, env: dict[str, str], log: Path) -> dict[str, float]:
-    """ms: unpack (exec → child exec), child (its exec → exit), cleanup (→ parent exit)."""
+    """ms: bootloader (exec → child exec), child (→ its exit), after (→ first process exit)."""
     cmd = ["strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=execve,exit_group"]
     subprocess.run([*cmd, "-o", str(log), str(tool), "--smol-version"], env=env, check=True,
                    capture_output=True)  # fmt: skip
     events = [m.groups() for x in log.read_bytes().splitlines() if (m := LINE.match(x))]
     execs = [(int(p), float(t)) for p, t, e in events if e == b"execve"]
     exits = {int(p): float(t) for p, t, e in events if e == b"+++ exited"}
-    (parent, t0), (child, t1) = execs[0], execs[1]
+    (first, t0), (child, t1) = execs[0], execs[1]  # the same process when it execs itself
     return {
-        "unpack": (t1 - t0) * 1000,
+        "bootloader": (t1 - t0) * 1000,
         "child": (exits[child] - t1) * 1000,
-        "cleanup": (exits[parent] - exits[child]) * 1000,
-    }
-
-
-def unpack_runtime(tool: Path, work: Path) -> dict[str, str]:
-    """The env that makes `tool` run as the child over a runtime unpacked here, once."""
-    from PyInstaller.archive.readers import CArchiveReader  # type: ignore[import-untyped]
-
-    home = work / "_MEI00000000reused"  # the bootloader checks the name's shape (18 chars)
-    home.mkdir(mode=0o700)
-    reader = CArchiveReader(str(tool))
-    for name, (_pos, _clen, _ulen, _comp, typecode) in reader.toc.items():
-        if typecode in "bxd":  # what the onefile parent unpacks
-            dest = home / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(reader.extract(name))
-            dest.chmod(0o755)
-    return {
-        "_PYI_APPLICATION_HOME_DIR": str(home),
-        "_PYI_PARENT_PROCESS_LEVEL": "0",  # we are the child of a onefile parent
-        "_PYI_ARCHIVE_FILE": str(tool),
-        "LD_LIBRARY_PATH": str(home),  # as the parent sets it for its child
+        "after": (exits[first] - exits[child]) * 1000,
     }
 
 
@@ -111,16 +89,22 @@ def main() -> None:
                 "--smol-version",
             ]
         envs = {name: env for name in cmds}
-        reused = "./tool --smol-version, runtime reused"
-        cmds[reused] = cmds["./tool --smol-version"]
-        envs[reused] = {**env, **unpack_runtime(tool, work)}
+        first = "./tool --smol-version, first start"
+        cmds[first] = cmds["./tool --smol-version"]
+        fresh = iter(range(1_000_000))
         walls: dict[str, list[float]] = {k: [] for k in cmds}
         split: dict[str, list[float]] = {}
+
+        def env_of(name: str) -> dict[str, str]:  # a first start gets an empty cache
+            if name != first:
+                return envs[name]
+            return {**env, "SMOLPACK_CACHE_DIR": str(work / f"cache-{next(fresh)}")}
+
         for name, cmd in cmds.items():
-            timed(cmd, envs[name])
+            timed(cmd, env_of(name))
         for _ in range(args.rounds):
             for name, cmd in cmds.items():
-                walls[name].append(timed(cmd, envs[name]))
+                walls[name].append(timed(cmd, env_of(name)))
             for k, v in phases(tool, env, work / "strace.log").items():
                 split.setdefault(k, []).append(v)
     med = {k: statistics.median(v) for k, v in walls.items()}

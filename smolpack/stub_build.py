@@ -14,7 +14,12 @@ Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine import
 - `--onefile --strip` plus `STUB_EXCLUDES`: 4.2 MB and ~90 ms to `--smol-version`, against
   8.3 MB and ~140 ms with the defaults (libcrypto via _hashlib, CJK codecs, unicodedata,
   decimal... which the run path never imports; hashlib falls back to the builtin sha256).
-- archive entries stored, not deflated (`STORED`): 10.4 MB, and ~30 % less start time.
+- our bootloader (stub_bootloader.py) unpacks the runtime once per stub and user, then
+  execs straight into it: `--smol-version` 48.5 -> 24.1 ms (bench_launcher, A/B). So the
+  entries it unpacks are deflated (4.3 MB; the first start takes ~40 ms more), and only
+  the modules' archive, read at every start, is stored. With PyInstaller's stock
+  bootloader every start unpacks, so everything is stored (`STORED`: 10.4 MB, ~30 % less
+  start time than deflated).
 - no runtime hook for `inspect`: PyInstaller's (pyi_rth_inspect) imports inspect and
   zipfile and lists base_library.zip at every start, to fix `inspect.getsourcefile` for
   frozen code, which the launcher never calls (`_no_inspect_hook`).
@@ -29,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import smolpack
@@ -36,12 +42,13 @@ from smolpack.cache import cache_root, cached_file
 from smolpack.engine import registry
 from smolpack.errors import HostError, UsageError
 from smolpack.host import host_target
+from smolpack.stub_bootloader import RUNTIME_OPTION, Bootloader, bootloader
 
 TARGETS = ("linux-x86_64", "linux-aarch64", "macos-arm64")
 ENV_STUB_DIR = "SMOLPACK_STUB_DIR"
 STUB_NAME = "smolstub"
 # Bump when the way a stub is built changes (it is part of the cache key).
-STUB_RECIPE = "3"
+STUB_RECIPE = "4"
 
 # Standard-library modules the launcher never imports but PyInstaller would bundle because
 # something imports them optionally. Each one excluded is size and extraction time saved
@@ -95,7 +102,9 @@ def check_target(target: str) -> str:
     return target
 
 
-def find_stub(target: str) -> Path:
+def find_stub(
+    target: str, note: Callable[[str], None] | None = None, *, offline: bool = False
+) -> Path:
     """The stub for `target`: given, shipped, or built here for this host (else HostError)."""
     check_target(target)
     env_dir = os.environ.get(ENV_STUB_DIR)
@@ -108,7 +117,7 @@ def find_stub(target: str) -> Path:
     if shipped.is_file():
         return shipped
     if target == host_target():
-        return build_stub()
+        return build_stub(note=note, offline=offline)
     published = cache_root() / "stubs" / target / STUB_NAME
     if published.is_file():
         return published
@@ -125,12 +134,13 @@ def _sources() -> list[Path]:
     return sorted(package.rglob("*.py"))
 
 
-def stub_key() -> str:
-    """Digest of everything that goes into this host's stub."""
+def stub_key(boot: Bootloader) -> str:
+    """Digest of everything that goes into this host's stub (built with `boot`)."""
     import PyInstaller  # type: ignore[import-untyped]
 
     h = hashlib.sha256()
     h.update(f"recipe {STUB_RECIPE} smolpack {smolpack.__version__}\n".encode())
+    h.update(f"bootloader {boot.identity}\n".encode())
     h.update(
         f"{host_target()} python {sys.version} pyinstaller {PyInstaller.__version__}\n".encode()
     )
@@ -142,19 +152,27 @@ def stub_key() -> str:
     return h.hexdigest()
 
 
-def build_stub(*, force: bool = False) -> Path:
-    """Build (or reuse from the cache) the launcher stub for this host."""
+def build_stub(
+    *, force: bool = False, note: Callable[[str], None] | None = None, offline: bool = False
+) -> Path:
+    """Build (or reuse from the cache) the launcher stub for this host. `note` hears why the
+    stub has PyInstaller's stock bootloader, when it has (stub_bootloader.py); `offline`:
+    fetch nothing for it."""
     try:
         import PyInstaller.__main__  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as err:
         raise HostError(
             "PyInstaller is not installed", hint="run `pip install pyinstaller`"
         ) from err
-    key = stub_key()
+    boot = bootloader(retry=force, offline=offline)
+    if boot.path is None and note is not None:
+        note(f"the stub unpacks its runtime at every start: stock PyInstaller bootloader"
+             f" ({boot.why_stock}; `smolpack stub build --force` tries again)")  # fmt: skip
+    key = stub_key(boot)
     entry = cache_root() / "stubs" / key
     if force and entry.exists():
         entry.unlink()
-    return cached_file("stubs", key, _freeze)
+    return cached_file("stubs", key, lambda dest: _freeze(dest, boot, key))
 
 
 def _no_inspect_hook(hooks: Path) -> Path:
@@ -172,7 +190,7 @@ def _no_inspect_hook(hooks: Path) -> Path:
     return hooks
 
 
-def _freeze(dest: Path) -> None:
+def _freeze(dest: Path, boot: Bootloader, key: str) -> None:
     with tempfile.TemporaryDirectory(prefix="smolpack-stub-") as tmp:
         work = Path(tmp)
         script = work / "launcher.py"
@@ -193,7 +211,7 @@ def _freeze(dest: Path) -> None:
         argv.append(str(script))
         res = subprocess.run(argv, capture_output=True, text=True, cwd=work)
         if res.returncode == 0:
-            spec = _stored_uncompressed(work / f"{STUB_NAME}.spec")
+            spec = _edit_spec(work / f"{STUB_NAME}.spec", boot, key)
             argv = [
                 sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "ERROR",
                 "--distpath", str(work / "dist"), "--workpath", str(work / "build"), str(spec),
@@ -206,17 +224,31 @@ def _freeze(dest: Path) -> None:
         shutil.copyfile(built, dest)
 
 
-# The archive's entries stored, not zlib-deflated: the bootloader unpacks libpython and the
-# extension modules (~9.5 MB) at every start, and inflating them was ~30 % of the start of
-# `--smol-version` (bench/bench_launcher.py); the stub grows from 4.2 to 10.4 MB.
+# Which archive entries are zlib-deflated (EXE's `cdict`). The stock bootloader unpacks
+# libpython and the extension modules (~9.5 MB) at every start, and inflating them was ~30 %
+# of `--smol-version` (bench/bench_launcher.py): all stored (10.4 MB). Ours unpacks them once:
+# deflated (4.3 MB), all but the modules' archive, which every start reads.
 STORED = "cdict={'BINARY': False, 'EXTENSION': False, 'DATA': False, 'PYMODULE': False},"
+UNPACKED_ONCE = "cdict={'BINARY': True, 'EXTENSION': True, 'DATA': True, 'PYMODULE': False},"
 
 
-def _stored_uncompressed(spec: Path) -> Path:
-    """`spec` with EXE's `cdict` set to store every entry uncompressed (no CLI option)."""
+def _edit_spec(spec: Path, boot: Bootloader, key: str) -> Path:
+    """`spec` with what PyInstaller has no CLI option for: EXE's `cdict` (which entries are
+    deflated) and, with our bootloader, that bootloader and its run-time option naming the
+    runtime by the stub's key."""
     text = spec.read_text()
-    anchor = f"    name='{STUB_NAME}',\n"
-    if text.count(anchor) != 1:
-        raise HostError(f"unexpected PyInstaller spec layout in {spec.name}: no EXE name line")
-    spec.write_text(text.replace(anchor, f"    {STORED}\n{anchor}"))
+    cdict = STORED if boot.path is None else UNPACKED_ONCE
+    edits = {f"    name='{STUB_NAME}',\n": f"    {cdict}\n    name='{STUB_NAME}',\n"}
+    if boot.path is not None:
+        option = f"[('{RUNTIME_OPTION} {key}', None, 'OPTION')]"
+        edits["    a.datas,\n    [],\n"] = f"    a.datas,\n    {option},\n"
+        edits["exe = EXE(\n"] = (
+            f"EXE._bootloader_file = lambda self, exe, extension=None: {str(boot.path)!r}\n"
+            "exe = EXE(\n"
+        )
+    for old, new in edits.items():
+        if text.count(old) != 1:
+            raise HostError(f"unexpected PyInstaller spec layout in {spec.name}: {old.strip()!r}")
+        text = text.replace(old, new)
+    spec.write_text(text)
     return spec

@@ -47,6 +47,12 @@ def test_wheel_carries_the_agent_source(wheel: Path) -> None:
         assert zf.read("smolpack/_guest/agent.c") == AGENT_SOURCE.read_bytes()
 
 
+def test_wheel_carries_the_bootloader_patch(wheel: Path) -> None:
+    patch = REPO / "smolpack" / "_bootloader" / "keep-runtime.patch"
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("smolpack/_bootloader/keep-runtime.patch") == patch.read_bytes()
+
+
 def test_an_installed_copy_builds_the_agent(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:

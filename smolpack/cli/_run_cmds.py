@@ -65,7 +65,8 @@ def _load(smolfile: Path):  # type: ignore[no-untyped-def]
 
 _OFFLINE_HELP = (
     "Never contact a registry: a registry image must already be in the cache"
-    " (pinned by digest, or a tag pulled before)."
+    " (pinned by digest, or a tag pulled before); a launcher stub built now does not"
+    " fetch PyInstaller's bootloader sources."
 )
 
 
@@ -294,7 +295,7 @@ def create_cmd(
         target = check_target(target or host_target())
         # Find the stub first: a missing one should fail before minutes of building.
         with progress.step(f"Preparing the launcher stub for {target}"):
-            stub = find_stub(target)
+            stub = find_stub(target, note=progress.note, offline=offline)
             check_stub(stub, target)
         libs = libs_for_target(target, host_target(), _stub_dir())
         if libs is None:

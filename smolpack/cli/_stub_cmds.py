@@ -41,7 +41,7 @@ def build_cmd(output: Path | None, force: bool, quiet: bool) -> None:
 
     progress = Progress(quiet=quiet)
     with progress.step(f"Building the launcher stub for {host_target()}"):
-        stub = build_stub(force=force)
+        stub = build_stub(force=force, note=progress.note)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stub, output)

@@ -1,9 +1,10 @@
 """Packed executables, run as a user would: `smolpack create -o tool`, then `./tool args`.
 
 Each tool runs from a directory of its own with a cache that starts empty, under each engine
-(`engine` fixture: QEMU (TCG) here, krun in the nested-KVM lane). The PyInstaller onefile
-stub unpacks itself under TMPDIR at every start, so every run points TMPDIR and
-XDG_RUNTIME_DIR at directories the test then expects to find empty.
+(`engine` fixture: QEMU (TCG) here, krun in the nested-KVM lane). The stub unpacks its
+runtime into that cache (a stock PyInstaller onefile stub would unpack under TMPDIR at every
+start), so every run points TMPDIR and XDG_RUNTIME_DIR at directories the test then expects
+to find empty.
 """
 
 from __future__ import annotations
