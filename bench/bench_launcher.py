@@ -2,9 +2,9 @@
 
 A stub with our bootloader (smolpack/stub_bootloader.py) unpacks its runtime (libpython,
 extension modules, base_library.zip) once into the cache, then at every start checks it and
-execs itself as PyInstaller's onefile child, which loads that libpython, unmarshals our
-modules and runs `main`. A stock PyInstaller stub unpacks into a fresh temp dir at every
-start, runs the child as a second process, waits, then removes the files. This splits one
+runs PyInstaller's onefile child from there (fork, exec, wait), which loads that libpython,
+unmarshals our modules and runs `main`. A stock PyInstaller stub unpacks into a fresh temp
+dir at every start, runs the child, waits, then removes the files. This splits one
 start into those phases with `strace -f --seccomp-bpf -e trace=execve,exit_group` (only
 those two calls stop the process, so the tracing costs little): bootloader (exec → the
 child's exec: unpack or check), child (→ its exit), after (→ the first process's exit:
@@ -49,7 +49,7 @@ def phases(tool: Path, env: dict[str, str], log: Path) -> dict[str, float]:
     events = [m.groups() for x in log.read_bytes().splitlines() if (m := LINE.match(x))]
     execs = [(int(p), float(t)) for p, t, e in events if e == b"execve"]
     exits = {int(p): float(t) for p, t, e in events if e == b"+++ exited"}
-    (first, t0), (child, t1) = execs[0], execs[1]  # the same process when it execs itself
+    (first, t0), (child, t1) = execs[0], execs[1]
     return {
         "bootloader": (t1 - t0) * 1000,
         "child": (exits[child] - t1) * 1000,

@@ -5,7 +5,9 @@ fresh temporary directory, forks a child that runs from there, waits and deletes
 half of `./tool --smol-version` (bench/bench_launcher.py). `_bootloader/keep-runtime.patch`
 changes the onefile parent so a stub carrying the run-time option
 `pyi-smolpack-runtime <key>` unpacks once into `<cache>/runtime/<key>/` and afterwards
-execs itself straight into the onefile child (no unpacking, no fork, no cleanup).
+starts its onefile child from there: no unpacking, no cleanup. The parent still forks,
+forwards signals and waits, as stock, so a SIGKILL of the tool reaches a launcher (the
+child) that cleans up after itself.
 
 Built here from the sdist of the installed PyInstaller (fetched with pip, patched with
 `patch`, compiled with the C compiler waf finds; ~6 s), cached under a key of the version,

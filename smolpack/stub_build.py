@@ -15,7 +15,7 @@ Why these PyInstaller options (measured on the 2-core dev VM, QEMU engine import
   8.3 MB and ~140 ms with the defaults (libcrypto via _hashlib, CJK codecs, unicodedata,
   decimal... which the run path never imports; hashlib falls back to the builtin sha256).
 - our bootloader (stub_bootloader.py) unpacks the runtime once per stub and user, then
-  execs straight into it: `--smol-version` 48.5 -> 24.1 ms (bench_launcher, A/B). So the
+  starts from it: `--smol-version` 48.5 -> 24.1 ms (bench_launcher, A/B). So the
   entries it unpacks are deflated (4.3 MB; the first start takes ~40 ms more), and only
   the modules' archive, read at every start, is stored. With PyInstaller's stock
   bootloader every start unpacks, so everything is stored (`STORED`: 10.4 MB, ~30 % less
