@@ -565,6 +565,14 @@ def test_configure_keeps_what_it_hands_to_libkrun_alive(tmp_path: Path) -> None:
     assert [list(x) for x in arrays] == [
         [b"example.com", None], [b"1.1.1.1", None], [None], [None]
     ]  # fmt: skip
+    # again in the same process: libkrun's logger is set up once (a second setup aborts)
+    (tmp_path / "again").mkdir()
+    a, b = socket.socketpair()
+    try:
+        configure(KrunLib(find_runtime_libs()), spec_for(tmp_path / "again"), a.fileno())
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("damaged", [False, True])
@@ -609,6 +617,20 @@ def test_cached_memory_fills_pages_that_are_disk_blocks(
             return
         got = _cached_memory(payload, layout, mmap)
     assert got.read_bytes() == ram
+
+
+def test_stop_reason_says_what_a_logged_vm_exit_means(tmp_path: Path) -> None:
+    # libkrun's own info lines (as seen in the lane: a guest that triple-faulted, console empty)
+    vm = _vmm_that_exits(tmp_path, 0)
+    vm.log.write_text(
+        "[2026-12-02T08:36:19Z INFO  krun_devices::virtio::balloon::device] balloon stats: x\n"
+        "[2026-12-02T08:36:56Z INFO  krun_vmm::linux::vstate] Received KVM_EXIT_SHUTDOWN signal\n"
+        "[2026-12-02T08:36:56Z INFO  krun_vmm] Vmm is stopping.\n"
+    )
+    assert vm.stop_reason(10.0) == (
+        "the libkrun VM process exited with code 0: its CPU shut down: a triple fault, a guest"
+        " kernel crash too early or too broken to print a panic"
+    )
 
 
 def test_stop_reason_reads_only_the_end_of_a_huge_vmm_log(tmp_path: Path) -> None:

@@ -42,6 +42,18 @@ from smolpack.errors import EngineError, HostError, SmolpackError
 from smolpack.host import KvmStatus, hypervisor_status
 from smolpack.runtime_libs import RuntimeLibs
 
+# libkrun's log level in the VMM process (its stderr is krun.log): info says how a guest
+# ended (a CPU shutdown, a reset), which explains a VM that stops with code 0 and a silent
+# console; a run logs a few lines (measured in the lane: 2-4 per run).
+LOG_LEVEL_INFO = 3
+# libkrun's info line for a VM exit -> what it means for the guest (`exit_detail`)
+_KVM_EXITS = {
+    "KVM_EXIT_SHUTDOWN": "its CPU shut down: a triple fault, a guest kernel crash too early"
+    " or too broken to print a panic",
+    "KVM_SYSTEM_EVENT_RESET": "the guest reset itself",
+    "KVM_SYSTEM_EVENT_SHUTDOWN": "the guest powered off",
+}
+_log_level_set = False  # in this process (a forked VMM inherits it with the logger)
 STATUS_TIMEOUT_S = 30.0  # configuring a context takes ~5 ms; loading libkrun ~20 ms
 FORKABLE_ENV = "SMOLVM_FORKABLE"  # libkrun maps a snapshot's memory fd lazily only with =1
 VMM_NAME = b"smolpack-vmm"  # the VMM child's process name (/proc/PID/comm)
@@ -99,6 +111,10 @@ def configure(lib: object, spec: KrunSpec, agent_fd: int, console_fd: int | None
 
     if not spec.base_disk.is_absolute():
         raise EngineError(f"the base disk path must be absolute: {spec.base_disk}")
+    global _log_level_set
+    if not _log_level_set:  # libkrun aborts the process when its logger is set up twice
+        lib.call("krun_set_log_level", LOG_LEVEL_INFO)
+        _log_level_set = True
     lib.call("krun_create_disk_overlay", c(spec.overlay), c(spec.base_disk), DISK_FORMAT_RAW)
     ctx = lib.call("krun_create_ctx")
     lib.call("krun_set_vm_config", ctx, spec.cpus, spec.memory_mib)
@@ -240,6 +256,10 @@ class KrunVm:
             how = f"the libkrun VM process exited with code {code}"
         # Its tail only: libkrun's log grows with the VM's life (console_log.read_tail).
         lines = read_tail(self.log).decode(errors="replace").strip().splitlines()
+        for line in reversed(lines[-20:]):  # the exit is logged just before "stopping"
+            for event, meaning in _KVM_EXITS.items():
+                if f"Received {event}" in line:
+                    return f"{how}: {meaning}"
         return how + (f" ({lines[-1][:200]})" if lines else "")
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:

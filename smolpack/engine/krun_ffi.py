@@ -84,6 +84,12 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any], str]] = {
         "int32_t krun_add_virtio_console_default(uint32_t ctx_id, int input_fd,"
         " int output_fd, int err_fd);  fds must stay open for the VM's life [H]",
     ),
+    "krun_set_log_level": (
+        i32,
+        [u32],
+        "int32_t krun_set_log_level(uint32_t level);  0 off, 1 error .. 5 trace; for the"
+        " whole process, to its stderr [H]",
+    ),
     "krun_add_virtio_console_multiport": (
         i32,
         [u32],
