@@ -376,6 +376,8 @@ def test_a_read_only_volume_refuses_writes(
 def test_256_mib_copies_byte_exact_in_bounded_memory(
     qemu_pack: Path, e2e_env: dict[str, str], tmp_path: Path
 ) -> None:
+    # QEMU (TCG) only: in the nested-KVM lane any L2 guest (krun, and QEMU under KVM too)
+    # dies or hangs after ~20-250 MB of port traffic (README, "nested-KVM lane").
     import hashlib
 
     big = tmp_path / "big"
