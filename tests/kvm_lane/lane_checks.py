@@ -11,8 +11,8 @@ cores; one vCPU also spares L1 the cross-CPU lockups seen under MTTCG on a loade
 - B: those that run packed tools (one more build), then a stress loop of restores in a row,
   piped and not (bench/stress_restore.py), whose pack it hands back to the host.
 
-Every e2e test must pass, none skipped (one deselected, see E2E). Then a third L1, on another CPU model, runs the
-stress pack (saved under `-cpu max`): it boots cold and says why.
+Every e2e test must pass, none skipped (one deselected, see E2E). Then a third L1, on another
+CPU model, runs the stress pack (saved under `-cpu max`): it boots cold and says why.
 """
 
 from __future__ import annotations
