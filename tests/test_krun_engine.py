@@ -633,6 +633,22 @@ def test_stop_reason_says_what_a_logged_vm_exit_means(tmp_path: Path) -> None:
     )
 
 
+def test_stop_reason_skips_libkrun_info_chatter(tmp_path: Path) -> None:
+    # lane: a killed VMM's last line was a balloon stats line, quoted as the reason
+    vm = _vmm_that_exits(tmp_path, 1)
+    vm.log.write_text(
+        "[2026-12-02T09:20:20Z WARN  krun_vmm] something to know\n"
+        "[2026-12-02T09:20:24Z INFO  krun_devices::virtio::balloon::device] balloon stats: x\n"
+    )
+    assert vm.stop_reason(10.0) == (
+        "the libkrun VM process exited with code 1 ([2026-12-02T09:20:20Z WARN  krun_vmm]"
+        " something to know)"
+    )
+    vm = _vmm_that_exits(tmp_path, 1)
+    vm.log.write_text("[2026-12-02T09:20:24Z INFO  krun_vmm] Vmm is stopping.\n")
+    assert vm.stop_reason(10.0) == "the libkrun VM process exited with code 1"
+
+
 def test_stop_reason_reads_only_the_end_of_a_huge_vmm_log(tmp_path: Path) -> None:
     import tracemalloc
 

@@ -260,7 +260,9 @@ class KrunVm:
             for event, meaning in _KVM_EXITS.items():
                 if f"Received {event}" in line:
                     return f"{how}: {meaning}"
-        return how + (f" ({lines[-1][:200]})" if lines else "")
+        # the last line that says something: a warning, an error, or not libkrun's log at all
+        said = [line for line in lines if not _chatter(line)]
+        return how + (f" ({said[-1][:200]})" if said else "")
 
     def stop_reason(self, wait_s: float = 0.0) -> str | None:
         """Why the VMM process has ended (waiting up to wait_s for it), or None while it runs."""
@@ -289,6 +291,11 @@ class KrunVm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _chatter(line: str) -> bool:
+    """A libkrun log line below warning: `[2026-12-02T09:20:24Z INFO  krun_vmm] ...`."""
+    return line.startswith("[") and line.split(" ", 2)[1:2] in (["INFO"], ["DEBUG"], ["TRACE"])
 
 
 def _signal_name(signo: int) -> str:
