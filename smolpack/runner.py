@@ -30,7 +30,7 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.engine import registry
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.interface import Vm
-from smolpack.engine.select import EnginePlan, HostFacts, plan_run
+from smolpack.engine.select import EnginePlan, HostFacts, cold_instead, plan_run
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
@@ -90,9 +90,13 @@ def _run_payload(
             )
 
         plan = planned(cold=options.cold)
-        if plan.state is not None and plan.state.name in verified.damaged_states:
-            _cold_note(plan, verified.damaged_states[plan.state.name])
-            plan = planned(cold=True)
+        # A state known not to restore here (damaged, another CPU, another QEMU) boots cold
+        # now, so --debug's engine line says what will really run.
+        if plan.state is not None:
+            why = verified.damaged_states.get(plan.state.name) or _restore_blocker(plan, payload)
+            if why is not None:
+                _cold_note(plan, why)
+                plan = cold_instead(plan, manifest, facts, why)
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         _check_egress(machine, plan, options)
@@ -187,18 +191,16 @@ def _start(
     *,
     debug: bool,
 ) -> tuple[EnginePlan, Vm, AgentSession]:
-    """Start the VM `plan` says and greet its agent; a restore that cannot work here (another
-    QEMU, a stream it refuses, an agent that never answers) becomes a cold boot of the same
-    pack, with one line on stderr. Nothing of the program has run at that point: RUN is
-    only sent once the agent has answered."""
+    """Start the VM `plan` says and greet its agent; a restore that fails (a stream QEMU
+    refuses, an agent that never answers) becomes a cold boot of the same pack, with one
+    line on stderr. Nothing of the program has run at that point: RUN is only sent once the
+    agent has answered."""
     if plan.state is None:
         return (plan, *_start_greeted(plan, payload, machine, run_dir, clock, debug=debug))
-    why = _restore_blocker(plan, payload)
-    if why is None:
-        try:
-            return (plan, *_start_greeted(plan, payload, machine, run_dir, clock, debug=debug))
-        except (EngineError, AgentError) as err:  # VmStopped is an EngineError
-            why = f"restoring it failed: {err}"
+    try:
+        return (plan, *_start_greeted(plan, payload, machine, run_dir, clock, debug=debug))
+    except (EngineError, AgentError) as err:  # VmStopped is an EngineError
+        why = f"restoring it failed: {err}"
     _cold_note(plan, why)
     cold = cold_plan()
     cold_dir = run_dir / "cold"  # the failed attempt's files stay apart (and go with run_dir)
@@ -213,8 +215,6 @@ def _cold_note(plan: EnginePlan, why: str) -> None:
 
 def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
     """Why plan's state cannot restore here, known before trying (None: try it)."""
-    if plan.state is None:
-        return None
     return registry.load(plan.engine).restore_blocker(plan, payload)
 
 

@@ -109,6 +109,13 @@ def test_state_recorded_by_another_qemu_version_boots_cold(
         f"smolpack: not restoring {QEMU_STATE} (it was saved by QEMU 6.0.0,"
         f" this host has {here}); booting cold\n"
     )
+    # --debug's engine line names what runs: the cold boot, and why (was: "restoring")
+    debug = smolpack("run", "--debug", str(pack), "--", "true", env=e2e_env)
+    [line] = [x for x in debug.stderr.decode().splitlines() if x.startswith("smolpack: engine")]
+    assert line.startswith(
+        f"smolpack: engine qemu (tcg), cold boot (not restoring {QEMU_STATE}: it was saved by"
+        f" QEMU 6.0.0, this host has {here}): "
+    ), line
 
 
 def test_a_migration_stream_qemu_refuses_boots_cold(
