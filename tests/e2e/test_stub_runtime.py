@@ -77,6 +77,21 @@ def test_a_broken_runtime_is_unpacked_again(stub: Path, user: dict[str, str]) ->
     assert base_library.stat().st_size == size
 
 
+def test_a_runtime_others_may_write_to_is_never_used(stub: Path, user: dict[str, str]) -> None:
+    # A shared cache: a runtime dir open to others could hold anyone's libpython. Planted
+    # here: a same-size base_library.zip (the size check alone would pass it).
+    start(stub, user)
+    [home] = runtime_homes(user)
+    base_library = home / "base_library.zip"
+    original = base_library.read_bytes()
+    base_library.write_bytes(b"x" * len(original))
+    home.parent.chmod(0o777)
+    start(stub, user)  # would fail on the planted zip
+    assert runtime_homes(user) == [home]
+    assert base_library.read_bytes() == original
+    assert home.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_concurrent_first_starts_agree_on_one_runtime(stub: Path, user: dict[str, str]) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: start(stub, user), range(8)))
