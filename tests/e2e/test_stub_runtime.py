@@ -109,6 +109,22 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_runtime(
     assert blocker.read_text() == "a file where the cache should be\n"
 
 
+def test_a_stub_with_the_stock_bootloader_still_works_and_says_so(
+    tmp_path: Path, e2e_env: dict[str, str], user: dict[str, str]
+) -> None:
+    # The fallback for hosts that cannot build ours: PyInstaller's own, archive stored.
+    out = tmp_path / "stock-stub"
+    env = {**e2e_env, "SMOLPACK_STUB_BOOTLOADER": "stock"}
+    res = smolpack("stub", "build", "-o", str(out), env=env, timeout=900)
+    assert res.returncode == 0, res.stderr.decode()
+    assert (
+        b"    the stub unpacks its runtime at every start: stock PyInstaller bootloader"
+        b" (SMOLPACK_STUB_BOOTLOADER=stock; `smolpack stub build --force` tries again)\n"
+    ) in res.stderr
+    start(out, user)
+    assert runtime_homes(user) == []  # it unpacked into TMPDIR (checked empty afterwards)
+
+
 def test_without_patch_the_stub_keeps_the_stock_bootloader_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
