@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import shlex
 
-from smolpack.engine import registry
-from smolpack.engine.select import cold_instead, plan_run
+from smolpack.engine.select import plan_run, settle_plan
 from smolpack.errors import HostError
 from smolpack.machine import MachineConfig
 from smolpack.payload import open_payload
@@ -29,11 +28,7 @@ def info_text(path: str, engine: str, cold: bool) -> str:
         facts = host_facts(payload)
         try:
             plan = plan_run(manifest, facts, requested=engine, cold=cold)
-            if plan.state is not None:  # as a run does (runner._start): known before trying
-                blocker = registry.load(plan.engine).restore_blocker(plan, payload)
-                if blocker is not None:
-                    plan = cold_instead(plan, manifest, facts, blocker)
-            how = plan.reason
+            how = settle_plan(plan, manifest, facts, payload)[0].reason  # as a run does
         except HostError as err:
             how = f"none: {err.message}"
     machine = MachineConfig.from_dict(manifest.machine, label=path)

@@ -30,7 +30,7 @@ from smolpack.agent.session import AgentSession, handshake
 from smolpack.engine import registry
 from smolpack.engine.console import console_tail, explain_agent_failure
 from smolpack.engine.interface import Vm
-from smolpack.engine.select import EnginePlan, HostFacts, cold_instead, plan_run
+from smolpack.engine.select import EnginePlan, HostFacts, plan_run, settle_plan
 from smolpack.errors import AgentError, EngineError, HostError, Interrupted
 from smolpack.host import host_arch, host_os, host_target, hypervisor_status
 from smolpack.integrity import ensure_verified
@@ -92,11 +92,11 @@ def _run_payload(
         plan = planned(cold=options.cold)
         # A state known not to restore here (damaged, another CPU, another QEMU) boots cold
         # now, so --debug's engine line says what will really run.
-        if plan.state is not None:
-            why = verified.damaged_states.get(plan.state.name) or _restore_blocker(plan, payload)
-            if why is not None:
-                _cold_note(plan, why)
-                plan = cold_instead(plan, manifest, facts, why)
+        damaged = verified.damaged_states.get(plan.state.name) if plan.state else None
+        settled, why = settle_plan(plan, manifest, facts, payload, damaged)
+        if why is not None:
+            _cold_note(plan, why)
+        plan = settled
         if options.debug:
             print(f"smolpack: engine {plan.reason}", file=sys.stderr)
         _check_egress(machine, plan, options)
@@ -211,11 +211,6 @@ def _start(
 def _cold_note(plan: EnginePlan, why: str) -> None:
     assert plan.state is not None
     print(f"smolpack: not restoring {plan.state.name} ({why}); booting cold", file=sys.stderr)
-
-
-def _restore_blocker(plan: EnginePlan, payload: Payload) -> str | None:
-    """Why plan's state cannot restore here, known before trying (None: try it)."""
-    return registry.load(plan.engine).restore_blocker(plan, payload)
 
 
 def _start_greeted(

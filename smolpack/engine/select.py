@@ -33,6 +33,7 @@ from smolpack.payload.manifest import StateRef
 
 if TYPE_CHECKING:
     from smolpack.engine.interface import Engine
+    from smolpack.payload import Payload
 
 LAUNCHER_FLAG = "--smol-engine"  # a packed tool's option
 CLI_FLAG = "--engine"  # `smolpack run`'s option
@@ -136,6 +137,25 @@ def cold_instead(plan: EnginePlan, manifest: Guest, facts: HostFacts, blocker: s
     not_restoring = f"not restoring {plan.state.name}: {blocker}"
     engine = registry.load(plan.engine)
     return _plan(engine, manifest, facts, plan.why, True, plan.flag, not_restoring)
+
+
+def settle_plan(
+    plan: EnginePlan,
+    manifest: Guest,
+    facts: HostFacts,
+    payload: Payload,
+    damaged: str | None = None,
+) -> tuple[EnginePlan, str | None]:
+    """`plan`, or the cold boot a run really does when its state is known not to restore here
+    (`damaged`: the state's sections failed verification; else the engine's
+    `restore_blocker`, which reads the pack: the one step here beyond the parameters), and
+    why (None: `plan` stands). A run and `--smol-info` both ask this."""
+    if plan.state is None:
+        return plan, None
+    why = damaged or registry.load(plan.engine).restore_blocker(plan, payload)
+    if why is None:
+        return plan, None
+    return cold_instead(plan, manifest, facts, why), why
 
 
 def _plan(
