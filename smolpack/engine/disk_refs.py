@@ -131,6 +131,13 @@ def split_image(image: Path, disk: Path, residual: Path) -> DiskRefs:
     return DiskRefs(image_size=size, pages_sha256=hasher.digest(), runs=_runs(pairs))
 
 
+def split_in_place(image: Path, disk: Path, refs: Path) -> None:
+    """`split_image` for a save step: `image` becomes its residual, `refs` its references."""
+    residual = image.with_name(image.name + ".residual")
+    refs.write_bytes(split_image(image, disk, residual).encode())
+    residual.replace(image)
+
+
 def _runs(pairs: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
     """Merge (page, block) pairs, sorted by page, into runs where both go up by one."""
     runs: list[tuple[int, int, int]] = []

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from smolpack.engine.disk_refs import split_image
+from smolpack.engine.disk_refs import split_in_place
 from smolpack.errors import EngineError
 from smolpack.host import CpuId
 from smolpack.payload.layout import Codec, SectionKind
@@ -95,10 +95,7 @@ def state_sections(
     if layout.memory_refs is not None:
         if memory_disk is None:
             raise ValueError("a krun state with memory.refs needs the disk its memory expects")
-        residual = state_dir / "memory.residual"
-        blob = split_image(memory, memory_disk, residual).encode()
-        residual.replace(memory)
-        (state_dir / MEMORY_REFS).write_bytes(blob)
+        split_in_place(memory, memory_disk, state_dir / MEMORY_REFS)
         refs.append(SectionSource(name=layout.memory_refs, kind=SectionKind.STATE,
                                   path=state_dir / MEMORY_REFS, codec=Codec.ZSTD))  # fmt: skip
     pack_memory(memory, state_dir / "memory.data", state_dir / "memory.map")

@@ -18,6 +18,7 @@ from smolpack.build_steps import (
     run_init_step,
 )
 from smolpack.engine.console import explain_agent_failure
+from smolpack.engine.disk_refs import split_in_place
 from smolpack.engine.qemu import QemuMachine, QemuVm, RamFile, RootDisk
 from smolpack.engine.qemu_compat import qemu_facts
 from smolpack.engine.qemu_state import state_sections
@@ -55,7 +56,8 @@ def build_qemu_state(job: BuildJob) -> SavedState:
     refs = None
     if ram is not None and job.disk_refs:
         with job.progress.step("Finding RAM pages that are disk blocks"):
-            refs = _split_ram(ram, disk, job.work)
+            refs = job.work / "memory.refs"
+            split_in_place(ram, disk, refs)
     names = state_sections(name, lazy=ram is not None, refs=refs is not None)
     ref = StateRef(
         name=name,
@@ -75,16 +77,6 @@ def build_qemu_state(job: BuildJob) -> SavedState:
     if refs is not None:  # small (a few bytes per run of pages): always zstd
         sections[-1] = sections[-1]._replace(codec=Codec.ZSTD)
     return SavedState(ref=ref, sections=sections, disk=disk)
-
-
-def _split_ram(ram: Path, disk: Path, work: Path) -> Path:
-    """Replace `ram` by itself less its pages that are blocks of `disk`; their references."""
-    from smolpack.engine.disk_refs import split_image
-
-    residual, refs = work / "memory.residual", work / "memory.refs"
-    refs.write_bytes(split_image(ram, disk, residual).encode())
-    residual.replace(ram)
-    return refs
 
 
 def _boot_build_and_save(
