@@ -16,6 +16,17 @@ from smolpack.errors import EngineError
 MIB = 1 << 20
 
 
+def apply_to(residual: Path, refs: DiskRefs, disk: Path, offset: int = 0) -> None:
+    """apply_refs on files: the disk read at `offset`, the residual written in place."""
+    fd = os.open(residual, os.O_RDWR)
+    dfd = os.open(disk, os.O_RDONLY)
+    try:
+        apply_refs(fd, refs, dfd, offset, "ram")
+    finally:
+        os.close(fd)
+        os.close(dfd)
+
+
 def make_inputs(tmp_path: Path) -> tuple[Path, Path, bytes]:
     """A 2 MiB disk of random blocks and a 4 MiB RAM image: 100 pages copied from the disk
     (a run of 40 in order, 60 scattered), 20 pages of its own, the rest zero."""
@@ -54,13 +65,7 @@ def test_pages_equal_to_disk_blocks_round_trip_byte_exact_and_are_stored_smaller
     assert len(blob) == HEADER_SIZE + 24 * len(refs.runs)
     decoded = DiskRefs.decode(blob, image_size=len(ram), disk_size=2 * MIB, label="refs")
     assert decoded == refs
-    fd = os.open(residual, os.O_RDWR)
-    dfd = os.open(disk, os.O_RDONLY)
-    try:
-        apply_refs(fd, decoded, dfd, 0, "ram")
-    finally:
-        os.close(fd)
-        os.close(dfd)
+    apply_to(residual, decoded, disk)
     assert residual.read_bytes() == ram
 
 
@@ -69,13 +74,7 @@ def test_the_disk_may_sit_inside_a_bigger_file(tmp_path: Path) -> None:
     refs = split_image(image, disk, tmp_path / "residual")
     pack = tmp_path / "pack"
     pack.write_bytes(b"x" * 16384 + disk.read_bytes())
-    fd = os.open(tmp_path / "residual", os.O_RDWR)
-    dfd = os.open(pack, os.O_RDONLY)
-    try:
-        apply_refs(fd, refs, dfd, 16384, "ram")
-    finally:
-        os.close(fd)
-        os.close(dfd)
+    apply_to(tmp_path / "residual", refs, pack, 16384)
     assert (tmp_path / "residual").read_bytes() == ram
 
 
@@ -85,15 +84,9 @@ def test_a_damaged_reference_is_refused_by_the_pages_digest(tmp_path: Path) -> N
     page, block, count = refs.runs[0]
     damaged = DiskRefs(refs.image_size, refs.pages_sha256,
                        ((page, block + 1, count), *refs.runs[1:]))  # fmt: skip
-    fd = os.open(tmp_path / "residual", os.O_RDWR)
-    dfd = os.open(disk, os.O_RDONLY)
-    try:
-        wrong = r"^ram: the disk blocks its references name do not match their digest \(expected "
-        with pytest.raises(EngineError, match=wrong):
-            apply_refs(fd, damaged, dfd, 0, "ram")
-    finally:
-        os.close(fd)
-        os.close(dfd)
+    wrong = r"^ram: the disk blocks its references name do not match their digest \(expected "
+    with pytest.raises(EngineError, match=wrong):
+        apply_to(tmp_path / "residual", damaged, disk)
 
 
 def blob(*runs: tuple[int, int, int], major: int = 1, page: int = PAGE) -> bytes:
