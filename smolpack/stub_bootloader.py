@@ -69,11 +69,11 @@ def bootloader(*, retry: bool = False, offline: bool = False) -> Bootloader:
     key = hashlib.sha256(
         f"{version}\0{host_target()}\0".encode() + patch_file().read_bytes()
     ).hexdigest()
-    failed = cache_root() / "bootloaders" / f"{key}.why-stock"
+    entries = cache_root() / "bootloaders"
+    failed = entries / f"{key}.why-stock"
     if failed.is_file() and not retry:
         return Bootloader(None, failed.read_text().strip())
-    built = cache_root() / "bootloaders" / key
-    if offline and not built.is_file():
+    if offline and not (entries / key).is_file():
         return Bootloader(None, "--offline: the PyInstaller sources are not fetched")
     try:
         built = cached_file("bootloaders", key, lambda dest: _build(version, dest))
